@@ -1,0 +1,123 @@
+"""The exceptions this library raises.
+
+Every exception has one root, :class:`ChannelLayerError`, so callers can catch
+everything the layer raises in one clause. Errors about bad input also derive
+from the matching built-in (``ValueError`` or ``TypeError``), so code written
+against Django Channels' conventions keeps working.
+
+Redis failures are split by what the caller can do about them:
+
+* :class:`RedisConnectionError`: the server could not be reached, or the
+  connection broke. The command may or may not have run; it is never retried
+  automatically unless it is safe to repeat.
+* :class:`RedisTimeoutError`: a connect or socket timeout (a subclass of the
+  connection error, since the connection is unusable afterwards).
+* :class:`ProtocolError`: the bytes on the wire were not valid RESP.
+* :class:`ResponseError`: Redis answered with an error reply; ``code`` holds
+  its first word (``"WRONGTYPE"``, ``"NOSCRIPT"``, ``"READONLY"``, ...).
+* :class:`AuthenticationError`: the server refused our credentials.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ChannelFull",
+    "ChannelLayerError",
+    "ConfigurationError",
+    "InvalidChannelName",
+    "InvalidGroupName",
+    "InvalidMessage",
+    "LayerClosedError",
+    "MessageDecodeError",
+    "MessageTooLarge",
+    "ProtocolError",
+    "RedisConnectionError",
+    "RedisError",
+    "RedisTimeoutError",
+    "ResponseError",
+]
+
+
+class ChannelLayerError(Exception):
+    """Root of every exception raised by this library."""
+
+
+class ConfigurationError(ChannelLayerError, ValueError):
+    """The layer or connection configuration is invalid.
+
+    The message names the offending option or ``hosts`` entry and says what is
+    allowed instead.
+    """
+
+
+class LayerClosedError(ChannelLayerError):
+    """The layer, pool or connection was used after it was closed."""
+
+
+# -- Redis ------------------------------------------------------------------
+
+
+class RedisError(ChannelLayerError):
+    """Root of the errors that come from talking to Redis."""
+
+
+class RedisConnectionError(RedisError):
+    """The server could not be reached, or the connection broke mid-request.
+
+    A command that fails with this error may or may not have been executed by
+    the server. Non-idempotent commands are never retried automatically.
+    """
+
+
+class RedisTimeoutError(RedisConnectionError):
+    """Connecting, or waiting for the server, took longer than allowed."""
+
+
+class ProtocolError(RedisError):
+    """The server sent bytes that are not valid RESP, or a reply we did not expect."""
+
+
+class ResponseError(RedisError):
+    """Redis answered a command with an error reply.
+
+    ``code`` is the reply's first word (``"ERR"``, ``"WRONGTYPE"``,
+    ``"NOSCRIPT"``, ``"READONLY"``, ``"MOVED"``, ...); ``message`` is the
+    whole text the server sent.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = message.split(" ", 1)[0] if message else "ERR"
+
+
+class AuthenticationError(ResponseError):
+    """The server refused the configured username / password."""
+
+
+# -- Channel layer ------------------------------------------------------------
+
+
+class ChannelFull(ChannelLayerError):
+    """The channel is at capacity and refused the message."""
+
+
+class InvalidChannelName(ChannelLayerError, TypeError):
+    """A channel name breaks the naming rules (characters, length, ``!`` placement)."""
+
+
+class InvalidGroupName(ChannelLayerError, TypeError):
+    """A group name breaks the naming rules (characters, length)."""
+
+
+class InvalidMessage(ChannelLayerError, TypeError):
+    """A message is not a dict, uses a reserved key, or cannot be serialized."""
+
+
+class MessageTooLarge(InvalidMessage, ValueError):
+    """A serialized message is larger than the configured limit."""
+
+
+class MessageDecodeError(ChannelLayerError, ValueError):
+    """A message read from Redis could not be decrypted or deserialized."""

@@ -86,10 +86,10 @@ class ResponseError(RedisError):
     whole text the server sent.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.code = message.split(" ", 1)[0] if message else "ERR"
+        self.code = code or (message.split(" ", 1)[0] if message else "ERR")
 
 
 class AuthenticationError(ResponseError):

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -56,6 +56,7 @@ from .exceptions import (
     LayerClosedError,
     ProtocolError,
     RedisConnectionError,
+    RedisError,
     RedisTimeoutError,
     ResponseError,
 )
@@ -82,7 +83,8 @@ class PoolStatistics:
     #: Whether the shared pipelined connection is up, and requests awaiting replies on it.
     pipeline_connected: bool
     pipeline_pending: int
-    #: Failed connection attempts, and connections re-established after a failure.
+    #: Failed connection attempts, and connections re-established after the
+    #: shared connection was lost or an attempt failed.
     connect_failures: int
     reconnects: int
 
@@ -257,7 +259,7 @@ class ConnectionPool:
         return raise_for_reply(reply)
 
     async def execute_blocking(
-        self, *args: Arg, on_cancelled_reply: Callable[[object], None] | None = None
+        self, *args: Arg, on_cancelled_reply: Callable[[object], Awaitable[None]] | None = None
     ) -> object:
         """Run a blocking command (``BZPOPMIN``, ``BLPOP``, ...) on a dedicated connection.
 
@@ -265,7 +267,8 @@ class ConnectionPool:
         ``on_cancelled_reply`` is given, the server is told to unblock the
         connection (``CLIENT UNBLOCK``) and the reply is read anyway, so an
         element that was popped at the last moment is not lost: it is passed
-        to ``on_cancelled_reply`` (a nil reply is not). The connection then
+        to (and awaited in) ``on_cancelled_reply`` (a nil reply is not),
+        still inside the shielded cleanup. The connection then
         goes back to the pool in a known state. Without the callback, or if
         that cleanup does not finish within a couple of seconds, the
         connection is closed, which also frees the server-side blocked
@@ -299,8 +302,10 @@ class ConnectionPool:
             self._in_use += 1
             try:
                 yield connection
-            except BaseException:
+            except BaseException as exc:
                 connection.broken = True
+                if isinstance(exc, RedisConnectionError):
+                    self._failed_since_success = True  # the next connection is a reconnect
                 raise
             finally:
                 self._in_use -= 1
@@ -365,6 +370,8 @@ class ConnectionPool:
 
     def _pipeline_closed(self, pipeline: _Pipeline) -> None:
         self._forget(pipeline.connection)
+        if not self._closed:
+            self._failed_since_success = True  # the next connection is a reconnect
         self._generation += 1  # idle dedicated connections are suspect too
         if self._pipeline is pipeline:
             self._pipeline = None
@@ -458,17 +465,17 @@ class ConnectionPool:
         )
 
     async def _recover_blocked(
-        self, connection: Connection, on_reply: Callable[[object], None]
+        self, connection: Connection, on_reply: Callable[[object], Awaitable[None]]
     ) -> None:
         """Unblock a dedicated connection after its caller went away, and account for its reply."""
         try:
             await self.execute("CLIENT", "UNBLOCK", connection.client_id)
             reply = await connection.read_reply()
-        except (RedisConnectionError, ResponseError, ProtocolError):
+        except (RedisError, LayerClosedError):
             return  # the connection stays broken and is closed
         connection.broken = False
         if reply is not None and not isinstance(reply, ErrorReply):
-            on_reply(reply)
+            await on_reply(reply)
 
     async def _aclose(self) -> None:
         self._closed = True

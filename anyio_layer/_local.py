@@ -1,0 +1,151 @@
+"""In-process pieces shared by both layers: local buffers and scoped channels."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import anyio
+
+from .exceptions import LayerClosedError, RedisError
+from .names import validate_group_name
+
+__all__ = ["LayerChannel", "LocalBuffer", "ScopedChannels"]
+
+logger = logging.getLogger("anyio_layer")
+
+#: How long leaving a scoped channel may spend removing it from its groups.
+LEAVE_TIMEOUT = 5.0
+
+
+class LocalBuffer:
+    """Messages for one channel of this process, waiting for ``receive()``.
+
+    Receivers wait for the buffer to be non-empty and then take a message
+    without any further checkpoint, so a cancelled receiver never holds a
+    message: it stays here for the next one.
+    """
+
+    __slots__ = ("_wakeup", "capacity", "messages", "receivers")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.messages: deque[tuple[float, dict[str, Any]]] = deque()
+        self.receivers = 0
+        self._wakeup: anyio.Event | None = None
+
+    def put(self, timestamp: float, message: dict[str, Any]) -> bool:
+        """Buffer a message; False if the oldest one had to be dropped to make room."""
+        dropped = len(self.messages) >= self.capacity
+        if dropped:
+            self.messages.popleft()
+        self.messages.append((timestamp, message))
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+        return not dropped
+
+    async def wait(self) -> None:
+        """Wait until a message is buffered (does not take it)."""
+        while not self.messages:
+            if self._wakeup is None:
+                self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+
+    def drop_expired(self, cutoff: float) -> int:
+        """Drop messages buffered before ``cutoff``; return how many."""
+        dropped = 0
+        while self.messages and self.messages[0][0] < cutoff:
+            self.messages.popleft()
+            dropped += 1
+        return dropped
+
+
+class _Layer(Protocol):
+    async def new_channel(self, prefix: str = ...) -> str: ...
+    async def receive(self, channel: str) -> dict[str, Any]: ...
+    async def send(self, channel: str, message: dict[str, Any]) -> None: ...
+    async def group_add(self, group: str, channel: str) -> None: ...
+    async def group_discard(self, group: str, channel: str) -> None: ...
+
+
+class LayerChannel:
+    """A process-local channel opened with ``layer.open_channel()``.
+
+    ``async for message in channel`` receives until the block exits. Groups
+    joined with :meth:`group_add` are left automatically when it does.
+    """
+
+    def __init__(self, layer: _Layer, name: str) -> None:
+        self.layer = layer
+        self.name = name
+        self.groups: list[str] = []
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.layer.receive(self.name)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send to another channel (a convenience for ``layer.send``)."""
+        await self.layer.send(channel, message)
+
+    async def group_add(self, group: str) -> None:
+        """Join ``group`` for the rest of the block."""
+        await self.layer.group_add(group, self.name)
+        if group not in self.groups:
+            self.groups.append(group)
+
+    async def group_discard(self, group: str) -> None:
+        await self.layer.group_discard(group, self.name)
+        if group in self.groups:
+            self.groups.remove(group)
+
+    async def _leave_groups(self) -> None:
+        for group in list(self.groups):
+            try:
+                await self.group_discard(group)
+            except (RedisError, LayerClosedError) as exc:
+                logger.warning("could not remove %r from group %r: %s", self.name, group, exc)
+
+    def __aiter__(self) -> LayerChannel:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.receive()
+
+    def __repr__(self) -> str:
+        return f"<LayerChannel {self.name!r} groups={self.groups!r}>"
+
+
+class _ScopedLayer(_Layer, Protocol):
+    async def _release_channel(self, name: str) -> None:
+        """Forget everything about a channel whose scope ended."""
+
+
+class ScopedChannels:
+    """Mixin giving a layer :meth:`open_channel`; layers implement ``_release_channel``."""
+
+    @contextlib.asynccontextmanager
+    async def open_channel(
+        self: _ScopedLayer, *groups: str, prefix: str | None = None
+    ) -> AsyncIterator[LayerChannel]:
+        """A new process-local channel, member of ``groups`` while the block runs.
+
+        On exit (also on error or cancellation) the channel leaves every
+        group it is in and whatever was buffered for it is dropped.
+        ``prefix`` is passed to ``new_channel()`` (default: the layer's).
+        """
+        for group in groups:
+            validate_group_name(group)
+        name = await (self.new_channel() if prefix is None else self.new_channel(prefix))
+        channel = LayerChannel(self, name)
+        try:
+            for group in groups:
+                await channel.group_add(group)
+            yield channel
+        finally:
+            with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
+                await channel._leave_groups()
+                await self._release_channel(name)

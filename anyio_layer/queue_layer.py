@@ -1,0 +1,727 @@
+"""The sorted-set queue layer: channels_redis's ``RedisChannelLayer``, structured.
+
+Open it with :func:`open_redis_layer`; everything it runs lives inside that
+``async with`` block::
+
+    async with open_redis_layer(hosts=["redis://localhost:6379"]) as layer:
+        async with layer.open_channel("room") as channel:
+            await layer.group_send("room", {"type": "chat.message", "text": "hi"})
+            message = await channel.receive()
+
+Data layout and message encoding are channels_redis 4.x's (see
+:mod:`anyio_layer._routing`), so processes running either library can share
+one Redis during a migration.
+
+How messages move:
+
+* :meth:`QueueLayer.send` is one round trip: a Lua script prunes expired
+  messages, refuses the message if the channel is at capacity
+  (:class:`~anyio_layer.exceptions.ChannelFull`), adds it with the current
+  time as its score and refreshes the key's TTL.
+* Process-local channels (``new_channel()`` names, with a ``!``): all local
+  channels of this layer share one Redis key per ``new_channel`` prefix. One
+  reader task per key (in the layer's task group) blocks on it, pops up to
+  :data:`DRAIN_BATCH` messages per round trip (``BZMPOP`` on Redis 7,
+  ``BZPOPMIN`` plus ``ZPOPMIN`` on 6.2) and files each into the local buffer
+  of its channel. :meth:`QueueLayer.receive` only waits on that buffer.
+* Normal channels (no ``!``, e.g. a worker queue shared by many processes):
+  :meth:`QueueLayer.receive` pops from Redis directly with ``BZPOPMIN``.
+
+Cancellation contract (tested in ``tests/test_cancellation_layer.py``):
+cancelling :meth:`~QueueLayer.receive` at any moment leaves every message that
+:meth:`~QueueLayer.send` accepted available to the next ``receive()`` on that
+channel, exactly once. For local channels, ``receive()`` waits for the buffer
+to be non-empty and then takes a message without any further checkpoint, so
+there is no moment at which a message belongs to a cancelled receiver. For
+normal channels, a pop that completes just as its receiver is cancelled is
+recovered (``CLIENT UNBLOCK`` and read the reply) and put back in Redis at
+its original score, so it is the next message any receiver gets. Cancelling
+:meth:`~QueueLayer.send` or :meth:`~QueueLayer.group_send` either sent the
+message or did not; it never disturbs the connection.
+
+Local buffers are bounded by the channel's capacity. When a consumer falls so
+far behind that its buffer is full, the **oldest** buffered message is
+dropped (as channels_redis does), but not silently: it is logged and counted
+in :attr:`LayerStatistics.local_buffer_overflows`. Blocking the reader
+instead would stall every other channel of the process behind one slow
+consumer.
+
+Failures: when Redis goes away, ``send()`` and friends fail at once with
+:class:`~anyio_layer.exceptions.RedisConnectionError` (nothing is queued in
+memory). Receivers keep waiting: the reader tasks and normal-channel
+receivers retry with back-off and resume delivering after the server is
+back, without being called again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+
+from ._config import CapacityRules, positive_number, require_prefix
+from ._hosts import parse_hosts
+from ._local import LayerChannel, LocalBuffer, ScopedChannels
+from ._pool import ConnectionPool, open_pool
+from ._routing import Router
+from ._scripts import Script
+from ._tasks import open_service_task_group
+from .exceptions import (
+    ChannelFull,
+    ConfigurationError,
+    InvalidChannelName,
+    InvalidMessage,
+    LayerClosedError,
+    MessageDecodeError,
+    MessageTooLarge,
+    RedisConnectionError,
+    ResponseError,
+)
+from .names import (
+    is_process_local,
+    new_channel_name,
+    non_local_name,
+    random_client_prefix,
+    validate_channel_name,
+    validate_group_name,
+)
+from .serializers import MessageSerializer, registry
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DRAIN_BATCH",
+    "LayerChannel",
+    "LayerStatistics",
+    "QueueLayer",
+    "open_redis_layer",
+]
+
+logger = logging.getLogger("anyio_layer")
+
+RESERVED_KEY: Final = "__asgi_channel__"
+#: Largest serialized message accepted by default (the ASGI spec asks for at least 1 MB).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
+#: Most messages a process-local reader takes from Redis in one round trip.
+DRAIN_BATCH: Final = 500
+#: Server-side timeout of blocking pops; the client allows this much more before giving up.
+_BLOCK_SECONDS: Final = 5
+_BLOCK_GRACE: Final = 10.0
+_MAX_RETRY_DELAY: Final = 2.0
+
+# KEYS[1]: channel key. ARGV: message, score (now), prune cutoff, capacity, ttl.
+# Returns {added (0 or 1), messages pruned as expired}.
+_SEND: Final = Script(
+    """
+local pruned = redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+    return {0, pruned}
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {1, pruned}
+"""
+)
+
+# KEYS: n channel keys. ARGV: n messages, n capacities, score (now), prune cutoff, ttl.
+# Returns {copies added, keys skipped because full, messages pruned as expired}.
+_GROUP_SEND: Final = Script(
+    """
+local n = #KEYS
+local now, cutoff, ttl = ARGV[2 * n + 1], ARGV[2 * n + 2], ARGV[2 * n + 3]
+local added, skipped, pruned = 0, 0, 0
+for i = 1, n do
+    pruned = pruned + redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
+    if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[n + i]) then
+        redis.call('ZADD', KEYS[i], now, ARGV[i])
+        redis.call('EXPIRE', KEYS[i], ttl)
+        added = added + 1
+    else
+        skipped = skipped + 1
+    end
+end
+return {added, skipped, pruned}
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStatistics:
+    """A snapshot of a layer's counters since it was opened."""
+
+    #: Messages accepted by ``send()``.
+    messages_sent: int
+    #: Messages handed to callers of ``receive()``.
+    messages_received: int
+    #: ``send()`` calls refused with ChannelFull.
+    channel_full: int
+    #: ``group_send()`` calls, and copies they wrote (one per Redis key).
+    group_sends: int
+    group_deliveries: int
+    #: Group members skipped because their channel was at capacity.
+    group_skipped_over_capacity: int
+    #: Messages this layer saw dropped for outliving ``expiry``: pruned by a send,
+    #: popped too late, or aged out of a local buffer. (Keys that Redis expires
+    #: whole, when nobody sent to them for ``expiry`` seconds, are not counted.)
+    expired: int
+    #: Oldest local messages dropped because a consumer's buffer was full.
+    local_buffer_overflows: int
+    #: Messages that could not be decrypted or deserialized.
+    decode_errors: int
+    #: Connections re-established after a failure, over all shards.
+    reconnects: int
+    #: Local channels with buffered messages or waiting receivers.
+    local_channels: int
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self.channel_full = 0
+        self.group_sends = 0
+        self.group_deliveries = 0
+        self.group_skipped = 0
+        self.expired = 0
+        self.overflows = 0
+        self.decode_errors = 0
+
+
+class QueueLayer(ScopedChannels):
+    """A channel layer over Redis sorted sets. Create it with :func:`open_redis_layer`."""
+
+    extensions: Final = ("groups", "flush")
+
+    def __init__(
+        self,
+        *,
+        pools: Sequence[ConnectionPool],
+        task_group: anyio.abc.TaskGroup,
+        prefix: str,
+        expiry: float,
+        group_expiry: int,
+        capacities: CapacityRules,
+        serializer: MessageSerializer,
+        max_message_size: int,
+    ) -> None:
+        self._pools = tuple(pools)
+        self._task_group = task_group
+        self._router = Router(prefix, len(self._pools))
+        self.prefix = prefix
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.capacities = capacities
+        self.serializer = serializer
+        self.max_message_size = max_message_size
+        #: Identifies this layer's process-local channels (``specific.<client_prefix>!...``).
+        self.client_prefix = random_client_prefix()
+        self._ttl = math.ceil(expiry)
+        self._buffers: dict[str, LocalBuffer] = {}
+        self._readers: set[str] = set()
+        self._counters = _Counters()
+        self._closed = False
+
+    # -- sending --------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``; raise ChannelFull if it is at capacity."""
+        self._check_open()
+        validate_channel_name(channel)
+        _check_message(message)
+        if is_process_local(channel):
+            message = {**message, RESERVED_KEY: channel}
+        payload = self._encode(message)
+        now = time.time()
+        reply = await self._pools[self._router.channel_shard(channel)].evalsha(
+            _SEND,
+            [self._router.channel_key(channel)],
+            [
+                payload,
+                repr(now),
+                int(now) - int(self.expiry),
+                self.capacities.for_channel(channel),
+                self._ttl,
+            ],
+        )
+        added, pruned = _int_pair(reply)
+        self._counters.expired += pruned
+        if not added:
+            self._counters.channel_full += 1
+            raise ChannelFull(f"channel {channel!r} is at capacity")
+        self._counters.sent += 1
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to every member of ``group``.
+
+        Costs one round trip to read the members, then one per shard holding
+        member channels, whatever the group's size. Members whose channel is
+        at capacity are skipped (and counted), never raising.
+        """
+        self._check_open()
+        validate_group_name(group)
+        _check_message(message)
+        self._encode(message)  # reject what cannot be sent, even to an empty group
+        now = time.time()
+        group_pool = self._pools[self._router.group_shard(group)]
+        group_key = self._router.group_key(group)
+        _, members = await group_pool.pipeline(
+            [
+                ("ZREMRANGEBYSCORE", group_key, 0, int(now) - self.group_expiry),
+                ("ZRANGE", group_key, 0, -1),
+            ]
+        )
+        self._counters.group_sends += 1
+        if not isinstance(members, list) or not members:
+            return
+        # One copy per Redis key, naming every member channel stored in it.
+        targets: dict[bytes, list[str]] = {}
+        for member in members:
+            channel = member.decode() if isinstance(member, bytes) else str(member)
+            targets.setdefault(self._router.channel_key(channel), []).append(channel)
+        by_shard: dict[int, list[bytes]] = {}
+        for key, channels in targets.items():
+            by_shard.setdefault(self._router.channel_shard(channels[0]), []).append(key)
+
+        async def deliver(shard: int, keys: list[bytes]) -> None:
+            payloads = [self._encode({**message, RESERVED_KEY: targets[key]}) for key in keys]
+            capacities = [self.capacities.for_channel(targets[key][0]) for key in keys]
+            reply = await self._pools[shard].evalsha(
+                _GROUP_SEND,
+                keys,
+                [*payloads, *capacities, repr(now), int(now) - int(self.expiry), self._ttl],
+            )
+            added, skipped, pruned = _int_triple(reply)
+            self._counters.group_deliveries += added
+            self._counters.group_skipped += skipped
+            self._counters.expired += pruned
+            if skipped:
+                logger.info(
+                    "group_send to %r skipped %d of %d channels at capacity",
+                    group,
+                    skipped,
+                    len(keys),
+                )
+
+        if len(by_shard) == 1:
+            ((shard, keys),) = by_shard.items()
+            await deliver(shard, keys)
+        else:
+            async with anyio.create_task_group() as task_group:
+                for shard, keys in by_shard.items():
+                    task_group.start_soon(deliver, shard, keys)
+
+    # -- groups ---------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` (membership expires after ``group_expiry``)."""
+        self._check_open()
+        validate_group_name(group)
+        validate_channel_name(channel)
+        key = self._router.group_key(group)
+        await self._pools[self._router.group_shard(group)].pipeline(
+            [("ZADD", key, repr(time.time()), channel), ("EXPIRE", key, self.group_expiry)]
+        )
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; no error if it was not a member."""
+        self._check_open()
+        validate_group_name(group)
+        validate_channel_name(channel)
+        await self._pools[self._router.group_shard(group)].execute(
+            "ZREM", self._router.group_key(group), channel
+        )
+
+    # -- receiving ------------------------------------------------------------
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-local channel name that this layer can receive on."""
+        self._check_open()
+        return new_channel_name(prefix, self.client_prefix)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Wait for the next message on ``channel`` and return it.
+
+        Safe to cancel at any moment: see the module docstring.
+        """
+        self._check_open()
+        validate_channel_name(channel)
+        if not is_process_local(channel):
+            return await self._receive_normal(channel)
+        local_key = non_local_name(channel)
+        if (
+            not local_key.endswith(f".{self.client_prefix}!")
+            and local_key != f"{self.client_prefix}!"
+        ):
+            raise InvalidChannelName(
+                f"channel {channel!r} was not created by this layer's new_channel(): only "
+                f"the process that created a process-local channel can receive from it"
+            )
+        if local_key not in self._readers:
+            self._readers.add(local_key)
+            self._task_group.start_soon(
+                self._read_local, local_key, name=f"anyio_layer reader {local_key}"
+            )
+        buffer = self._buffers.get(channel)
+        if buffer is None:
+            buffer = self._buffers[channel] = LocalBuffer(self.capacities.for_channel(channel))
+        buffer.receivers += 1
+        try:
+            await buffer.wait()
+            # No checkpoint from here on: the message is taken and returned atomically.
+            _, message = buffer.messages.popleft()
+        finally:
+            buffer.receivers -= 1
+            if not buffer.receivers and not buffer.messages:
+                self._buffers.pop(channel, None)
+        self._counters.received += 1
+        return message
+
+    async def _receive_normal(self, channel: str) -> dict[str, Any]:
+        pool = self._pools[self._router.channel_shard(channel)]
+        key = self._router.channel_key(channel)
+
+        async def put_back(reply: object) -> None:
+            entry = _popped_entry(reply)
+            if entry is not None:
+                member, score = entry
+                await pool.execute("ZADD", key, score, member)
+
+        delay = 0.0
+        while True:
+            try:
+                with anyio.fail_after(_BLOCK_SECONDS + _BLOCK_GRACE):
+                    reply = await pool.execute_blocking(
+                        "BZPOPMIN", key, _BLOCK_SECONDS, on_cancelled_reply=put_back
+                    )
+            except (RedisConnectionError, TimeoutError) as exc:
+                delay = min(max(delay * 2, 0.05), _MAX_RETRY_DELAY)
+                logger.warning("receive(%r) waiting for Redis: %s", channel, exc)
+                await anyio.sleep(delay)
+                continue
+            delay = 0.0
+            entry = _popped_entry(reply)
+            if entry is None:
+                continue
+            member, score = entry
+            if score < time.time() - self.expiry:
+                self._counters.expired += 1
+                continue
+            message = self._decode(member)
+            message.pop(RESERVED_KEY, None)
+            self._counters.received += 1
+            return message
+
+    async def _read_local(self, local_key: str) -> None:
+        """Move messages for this layer's local channels from Redis into their buffers."""
+        pool = self._pools[self._router.channel_shard(local_key)]
+        key = self._router.channel_key(local_key)
+        use_bzmpop = True
+
+        async def put_back(reply: object) -> None:
+            entries = _popped_entries(reply) if use_bzmpop else [_popped_entry(reply)]
+            flat: list[bytes | str] = []
+            for entry in entries:
+                if entry is not None:
+                    flat += [repr(entry[1]), entry[0]]
+            if flat:
+                await pool.execute("ZADD", key, *flat)
+
+        delay = 0.0
+        while True:
+            try:
+                with anyio.fail_after(_BLOCK_SECONDS + _BLOCK_GRACE):
+                    if use_bzmpop:
+                        try:
+                            reply = await pool.execute_blocking(
+                                "BZMPOP",
+                                _BLOCK_SECONDS,
+                                1,
+                                key,
+                                "MIN",
+                                "COUNT",
+                                DRAIN_BATCH,
+                                on_cancelled_reply=put_back,
+                            )
+                        except ResponseError as exc:
+                            if "unknown command" not in exc.message.lower():
+                                raise
+                            use_bzmpop = False  # Redis < 7.0
+                            continue
+                        entries = _popped_entries(reply)
+                    else:
+                        entries = await self._pop_legacy(pool, key, put_back)
+            except (RedisConnectionError, TimeoutError) as exc:
+                delay = min(max(delay * 2, 0.05), _MAX_RETRY_DELAY)
+                logger.warning("reader for %r waiting for Redis: %s", local_key, exc)
+                await anyio.sleep(delay)
+                continue
+            delay = 0.0
+            self._dispatch_local(local_key, entries)
+
+    async def _pop_legacy(
+        self, pool: ConnectionPool, key: bytes, put_back: Any
+    ) -> list[tuple[bytes, float]]:
+        """BZPOPMIN for one message, then ZPOPMIN for whatever else is waiting."""
+        first = _popped_entry(
+            await pool.execute_blocking(
+                "BZPOPMIN", key, _BLOCK_SECONDS, on_cancelled_reply=put_back
+            )
+        )
+        if first is None:
+            return []
+        with anyio.CancelScope(shield=True):  # popped messages must reach the buffers
+            rest = await pool.execute("ZPOPMIN", key, DRAIN_BATCH - 1)
+        entries = [first]
+        if isinstance(rest, list):
+            entries += [
+                (member, float(score))
+                for member, score in zip(rest[::2], rest[1::2], strict=True)
+                if isinstance(member, bytes) and isinstance(score, bytes)
+            ]
+        return entries
+
+    def _dispatch_local(self, local_key: str, entries: Iterable[tuple[bytes, float]]) -> None:
+        cutoff = time.time() - self.expiry
+        for member, score in entries:
+            if score < cutoff:
+                self._counters.expired += 1
+                continue
+            try:
+                message = self._decode(member)
+            except MessageDecodeError as exc:
+                logger.error("dropping a message for %r that cannot be decoded: %s", local_key, exc)
+                continue
+            names = message.pop(RESERVED_KEY, None)
+            if isinstance(names, str):
+                names = [names]
+            if not isinstance(names, list) or not names:
+                logger.error("dropping a message in %r that names no local channel", local_key)
+                continue
+            for name in names:
+                buffer = self._buffers.get(name)
+                if buffer is None:
+                    buffer = self._buffers[name] = LocalBuffer(self.capacities.for_channel(name))
+                copy = message if len(names) == 1 else dict(message)
+                if not buffer.put(score, copy):
+                    self._counters.overflows += 1
+                    logger.warning(
+                        "local buffer of %r is full (%d messages): dropped its oldest message",
+                        name,
+                        buffer.capacity,
+                    )
+        self._sweep(cutoff)
+
+    def _sweep(self, cutoff: float) -> None:
+        """Forget expired messages of channels nobody is receiving from."""
+        for name, buffer in list(self._buffers.items()):
+            if not buffer.receivers and buffer.messages and buffer.messages[0][0] < cutoff:
+                self._counters.expired += buffer.drop_expired(cutoff)
+                if not buffer.messages:
+                    del self._buffers[name]
+
+    async def _release_channel(self, name: str) -> None:
+        self._buffers.pop(name, None)
+
+    # -- maintenance ------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Delete every key under this layer's prefix on every shard, and local buffers.
+
+        Uses ``SCAN`` and ``UNLINK`` in batches, never ``KEYS``, so it does not
+        block the server however many keys there are.
+        """
+        self._check_open()
+        pattern = self._router.scan_pattern()
+        for pool in self._pools:
+            cursor = b"0"
+            while True:
+                reply = await pool.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                if not (
+                    isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], bytes)
+                ):
+                    raise ResponseError(f"unexpected SCAN reply {reply!r:.100}")
+                cursor, keys = reply
+                if isinstance(keys, list) and keys:
+                    await pool.execute("UNLINK", *keys)
+                if cursor == b"0":
+                    break
+        for buffer in self._buffers.values():
+            buffer.messages.clear()
+
+    def statistics(self) -> LayerStatistics:
+        counters = self._counters
+        return LayerStatistics(
+            messages_sent=counters.sent,
+            messages_received=counters.received,
+            channel_full=counters.channel_full,
+            group_sends=counters.group_sends,
+            group_deliveries=counters.group_deliveries,
+            group_skipped_over_capacity=counters.group_skipped,
+            expired=counters.expired,
+            local_buffer_overflows=counters.overflows,
+            decode_errors=counters.decode_errors,
+            reconnects=sum(pool.statistics().reconnects for pool in self._pools),
+            local_channels=len(self._buffers),
+        )
+
+    def consistent_hash(self, value: str) -> int:
+        """The shard index of a channel or group name (channels_redis's public helper)."""
+        return self._router.channel_shard(value)
+
+    def __repr__(self) -> str:
+        hosts = ", ".join(str(pool.config) for pool in self._pools)
+        return f"<QueueLayer prefix={self.prefix!r} hosts=[{hosts}]>"
+
+    # -- internals --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LayerClosedError("the channel layer is closed (its async with block has exited)")
+
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        payload = self.serializer.serialize(message)
+        if len(payload) > self.max_message_size:
+            raise MessageTooLarge(
+                f"message is {len(payload)} bytes once serialized; the limit is "
+                f"{self.max_message_size} bytes (max_message_size)"
+            )
+        return payload
+
+    def _decode(self, payload: bytes) -> dict[str, Any]:
+        try:
+            message = self.serializer.deserialize(payload)
+        except MessageDecodeError:
+            self._counters.decode_errors += 1
+            raise
+        except Exception as exc:
+            self._counters.decode_errors += 1
+            raise MessageDecodeError(f"a message could not be decoded: {exc}") from exc
+        if not isinstance(message, dict):
+            self._counters.decode_errors += 1
+            raise MessageDecodeError(f"decoded message is a {type(message).__name__}, not a dict")
+        return message
+
+
+def _check_message(message: object) -> None:
+    if not isinstance(message, dict):
+        raise InvalidMessage(f"message must be a dict, not {type(message).__name__}")
+    if RESERVED_KEY in message:
+        raise InvalidMessage(f"message must not contain the reserved key {RESERVED_KEY!r}")
+
+
+def _int_pair(reply: object) -> tuple[int, int]:
+    if isinstance(reply, list) and len(reply) == 2 and all(isinstance(x, int) for x in reply):
+        return reply[0], reply[1]
+    raise ResponseError(f"unexpected reply from the send script: {reply!r:.100}")
+
+
+def _int_triple(reply: object) -> tuple[int, int, int]:
+    if isinstance(reply, list) and len(reply) == 3 and all(isinstance(x, int) for x in reply):
+        return reply[0], reply[1], reply[2]
+    raise ResponseError(f"unexpected reply from the group send script: {reply!r:.100}")
+
+
+def _popped_entry(reply: object) -> tuple[bytes, float] | None:
+    """``(member, score)`` from a BZPOPMIN reply ``[key, member, score]``."""
+    if isinstance(reply, list) and len(reply) == 3:
+        _, member, score = reply
+        if isinstance(member, bytes) and isinstance(score, bytes):
+            return member, float(score)
+    return None
+
+
+def _popped_entries(reply: object) -> list[tuple[bytes, float]]:
+    """``[(member, score), ...]`` from a BZMPOP reply ``[key, [[member, score], ...]]``."""
+    if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], list)):
+        return []
+    entries = []
+    for pair in reply[1]:
+        if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], bytes):
+            entries.append((pair[0], float(pair[1])))
+    return entries
+
+
+_OPTIONS: Final = (
+    "hosts",
+    "prefix",
+    "expiry",
+    "group_expiry",
+    "capacity",
+    "channel_capacity",
+    "symmetric_encryption_keys",
+    "random_prefix_length",
+    "serializer_format",
+    "max_message_size",
+)
+
+
+@contextlib.asynccontextmanager
+async def open_redis_layer(
+    *,
+    hosts: object = None,
+    prefix: str = "asgi",
+    expiry: float = 60,
+    group_expiry: int = 86400,
+    capacity: int = 100,
+    channel_capacity: object = None,
+    symmetric_encryption_keys: object = None,
+    random_prefix_length: int = 12,
+    serializer_format: str = "msgpack",
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    **unknown: object,
+) -> AsyncIterator[QueueLayer]:
+    """Open the queue layer; its options are channels_redis's ``CONFIG`` keys.
+
+    Leaving the block stops the layer's tasks and closes every connection;
+    calls made afterwards raise :class:`~anyio_layer.exceptions.LayerClosedError`.
+    Bad options raise :class:`~anyio_layer.exceptions.ConfigurationError`
+    before anything is connected.
+    """
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) for the queue layer: {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(_OPTIONS)}"
+        )
+    configs = parse_hosts(hosts)
+    prefix = require_prefix(prefix)
+    expiry = positive_number(expiry, "expiry")
+    group_expiry = int(positive_number(group_expiry, "group_expiry"))
+    capacities = CapacityRules.parse(capacity, channel_capacity)
+    max_message_size = int(positive_number(max_message_size, "max_message_size"))
+    if (
+        isinstance(random_prefix_length, bool)
+        or not isinstance(random_prefix_length, int)
+        or random_prefix_length < 0
+    ):
+        raise ConfigurationError(
+            f"random_prefix_length must be a non-negative integer, not {random_prefix_length!r}"
+        )
+    serializer = registry.get_serializer(
+        serializer_format,
+        symmetric_encryption_keys=symmetric_encryption_keys,
+        random_prefix_length=random_prefix_length,
+        expiry=expiry,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        pools = [await stack.enter_async_context(open_pool(config)) for config in configs]
+        async with open_service_task_group() as task_group:
+            layer = QueueLayer(
+                pools=pools,
+                task_group=task_group,
+                prefix=prefix,
+                expiry=expiry,
+                group_expiry=group_expiry,
+                capacities=capacities,
+                serializer=serializer,
+                max_message_size=max_message_size,
+            )
+            try:
+                yield layer
+            finally:
+                layer._closed = True

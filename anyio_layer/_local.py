@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from .exceptions import LayerClosedError, RedisError
+from .exceptions import ChannelClosedError, LayerClosedError, RedisError
 from .names import validate_group_name
 
 __all__ = ["LayerChannel", "LocalBuffer", "ScopedChannels"]
@@ -29,12 +29,13 @@ class LocalBuffer:
     message: it stays here for the next one.
     """
 
-    __slots__ = ("_wakeup", "capacity", "messages", "receivers")
+    __slots__ = ("_wakeup", "capacity", "closed", "messages", "receivers")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.messages: deque[tuple[float, dict[str, Any]]] = deque()
         self.receivers = 0
+        self.closed = False
         self._wakeup: anyio.Event | None = None
 
     def put(self, timestamp: float, message: dict[str, Any]) -> bool:
@@ -49,11 +50,25 @@ class LocalBuffer:
         return not dropped
 
     async def wait(self) -> None:
-        """Wait until a message is buffered (does not take it)."""
+        """Wait until a message is buffered (does not take it).
+
+        Raises :class:`~anyio_layer.exceptions.ChannelClosedError` once the
+        channel is closed.
+        """
         while not self.messages:
+            if self.closed:
+                raise ChannelClosedError("the channel was closed while receiving from it")
             if self._wakeup is None:
                 self._wakeup = anyio.Event()
             await self._wakeup.wait()
+
+    def close(self) -> None:
+        """Drop buffered messages and wake receivers, who get ChannelClosedError."""
+        self.closed = True
+        self.messages.clear()
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
 
     def drop_expired(self, cutoff: float) -> int:
         """Drop messages buffered before ``cutoff``; return how many."""

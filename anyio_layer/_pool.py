@@ -305,7 +305,7 @@ class ConnectionPool:
             except BaseException as exc:
                 connection.broken = True
                 if isinstance(exc, RedisConnectionError):
-                    self._failed_since_success = True  # the next connection is a reconnect
+                    self._connection_lost()
                 raise
             finally:
                 self._in_use -= 1
@@ -371,10 +371,16 @@ class ConnectionPool:
     def _pipeline_closed(self, pipeline: _Pipeline) -> None:
         self._forget(pipeline.connection)
         if not self._closed:
-            self._failed_since_success = True  # the next connection is a reconnect
+            self._connection_lost()
         self._generation += 1  # idle dedicated connections are suspect too
         if self._pipeline is pipeline:
             self._pipeline = None
+
+    def _connection_lost(self) -> None:
+        """A connection broke: the next one is a reconnect, and Sentinel is asked again."""
+        self._failed_since_success = True
+        if isinstance(self.config, SentinelConfig):
+            self._resolved = None
 
     async def _checkout(self) -> Connection:
         while self._idle:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "ChannelClosedError",
     "ChannelFull",
     "ChannelLayerError",
     "ConfigurationError",
@@ -53,6 +54,10 @@ class ConfigurationError(ChannelLayerError, ValueError):
 
 class LayerClosedError(ChannelLayerError):
     """The layer, pool or connection was used after it was closed."""
+
+
+class ChannelClosedError(LayerClosedError):
+    """The channel was closed (``close_channel()``, ``flush()``) while receiving from it."""
 
 
 # -- Redis ------------------------------------------------------------------

@@ -369,6 +369,10 @@ async def test_sentinel_discovery_and_failover(redis_server_factory: ServerFacto
                 lambda: sentinel.wait_for_master(address_not_equal_to=primary.address, timeout=20)
             )
             assert tuple(new_master) == replica.address
+            # The demoted primary accepts writes until Sentinel reconfigures it.
+            with anyio.fail_after(20):
+                while primary.info("replication")["role"] != "slave":
+                    await anyio.sleep(0.05)
             # Writes reach the new primary after rediscovery (the old one is
             # now a replica: READONLY or a dropped connection triggers it).
             with anyio.fail_after(20):

@@ -67,7 +67,9 @@ async def test_receivers_wait_for_messages(redis_url: str) -> None:
         assert sorted(m["type"] for m in received) == ["late", "late job"]  # type: ignore[type-var]
 
 
-async def test_many_local_channels_share_one_reader(redis_url: str, redis_server: RedisServer) -> None:
+async def test_many_local_channels_share_one_reader(
+    redis_url: str, redis_server: RedisServer
+) -> None:
     async with open_redis_layer(hosts=[redis_url]) as layer:
         channels = [await layer.new_channel() for _ in range(50)]
         results: dict[str, dict[str, object]] = {}
@@ -114,7 +116,9 @@ async def test_groups(redis_url: str) -> None:
         assert stats.group_deliveries == 2 + 2
 
 
-async def test_group_send_one_round_trip_per_shard(redis_url: str, redis_server: RedisServer) -> None:
+async def test_group_send_one_round_trip_per_shard(
+    redis_url: str, redis_server: RedisServer
+) -> None:
     def calls() -> dict[str, int]:
         stats = redis_server.info("commandstats")
         return {
@@ -230,7 +234,9 @@ async def test_scoped_channel(redis_url: str) -> None:
         assert scope.cancelled_caught
 
 
-async def test_scoped_channel_leaves_groups_when_cancelled(redis_url: str, redis_server: RedisServer) -> None:
+async def test_scoped_channel_leaves_groups_when_cancelled(
+    redis_url: str, redis_server: RedisServer
+) -> None:
     async with open_redis_layer(hosts=[redis_url]) as layer:
         with anyio.move_on_after(0.1):
             async with layer.open_channel("cancelled-room") as channel:
@@ -261,8 +267,12 @@ async def test_flush_prefix_with_glob_characters(redis_url: str, redis_server: R
 async def test_encryption_and_json(redis_url: str) -> None:
     keys = ["a-key-with-enough-entropy-0123456789abcdef"]
     async with (
-        open_redis_layer(hosts=[redis_url], symmetric_encryption_keys=keys, serializer_format="json") as layer,
-        open_redis_layer(hosts=[redis_url], symmetric_encryption_keys=["another-key-entirely-0123456789"]) as wrong,
+        open_redis_layer(
+            hosts=[redis_url], symmetric_encryption_keys=keys, serializer_format="json"
+        ) as layer,
+        open_redis_layer(
+            hosts=[redis_url], symmetric_encryption_keys=["another-key-entirely-0123456789"]
+        ) as wrong,
     ):
         await layer.send("secret", {"type": "s", "text": "hidden"})
         assert await layer.receive("secret") == {"type": "s", "text": "hidden"}
@@ -390,7 +400,9 @@ async def test_errors_inside_the_block_propagate_unwrapped(redis_url: str) -> No
             raise KeyError("mine")
 
 
-async def test_redis_restart_while_receivers_wait(redis_server_factory: Callable[..., RedisServer]) -> None:
+async def test_redis_restart_while_receivers_wait(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
     server = redis_server_factory()
     async with open_redis_layer(hosts=[server.url]) as layer:
         local = await layer.new_channel()
@@ -417,7 +429,9 @@ async def test_redis_restart_while_receivers_wait(redis_server_factory: Callable
         assert layer.statistics().reconnects >= 1
 
 
-async def test_send_fails_clearly_while_redis_is_down(redis_server_factory: Callable[..., RedisServer]) -> None:
+async def test_send_fails_clearly_while_redis_is_down(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
     server = redis_server_factory()
     async with open_redis_layer(hosts=[server.url]) as layer:
         await layer.send("x", {"type": "x"})
@@ -432,7 +446,9 @@ async def test_sharding_across_hosts(redis_server_factory: Callable[..., RedisSe
     servers = [redis_server_factory() for _ in range(3)]
     async with open_redis_layer(hosts=[server.url for server in servers]) as layer:
         assert isinstance(layer, QueueLayer)
-        locals_ = [await layer.new_channel(prefix) for prefix in ("alpha", "beta", "gamma", "delta")]
+        locals_ = [
+            await layer.new_channel(prefix) for prefix in ("alpha", "beta", "gamma", "delta")
+        ]
         normals = [f"worker{i}" for i in range(12)]
         for channel in locals_ + normals:
             await layer.group_add("everyone", channel)

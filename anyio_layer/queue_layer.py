@@ -25,7 +25,9 @@ How messages move:
   ``BZPOPMIN`` plus ``ZPOPMIN`` on 6.2) and files each into the local buffer
   of its channel. :meth:`QueueLayer.receive` only waits on that buffer.
 * Normal channels (no ``!``, e.g. a worker queue shared by many processes):
-  :meth:`QueueLayer.receive` pops from Redis directly with ``BZPOPMIN``.
+  :meth:`QueueLayer.receive` pops from Redis directly with ``BZPOPMIN``; the
+  receivers of one process take turns (one blocked pop per channel), so they
+  see the channel in order.
 
 Cancellation contract (tested in ``tests/test_cancellation_layer.py``):
 cancelling :meth:`~QueueLayer.receive` at any moment leaves every message that
@@ -193,6 +195,14 @@ class _Counters:
         self.decode_errors = 0
 
 
+class _SharedLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.users = 0
+
+
 class QueueLayer(ScopedChannels):
     """A channel layer over Redis sorted sets. Create it with :func:`open_redis_layer`."""
 
@@ -224,6 +234,7 @@ class QueueLayer(ScopedChannels):
         self._ttl = math.ceil(expiry)
         self._buffers: dict[str, LocalBuffer] = {}
         self._readers: set[str] = set()
+        self._receive_locks: dict[str, _SharedLock] = {}
         self._counters = _Counters()
         self._closed = False
 
@@ -383,14 +394,28 @@ class QueueLayer(ScopedChannels):
         return message
 
     async def _receive_normal(self, channel: str) -> dict[str, Any]:
+        # One pop per channel at a time in this process: a receiver waiting
+        # here takes over only after a cancelled one has put its last-moment
+        # pop back, so receivers of one process see the channel in order (and
+        # the server sees one blocked client per channel, not one per receiver).
+        lock = self._receive_locks.get(channel)
+        if lock is None:
+            lock = self._receive_locks[channel] = _SharedLock()
+        lock.users += 1
+        try:
+            async with lock.lock:
+                return await self._pop_normal(channel)
+        finally:
+            lock.users -= 1
+            if not lock.users:
+                del self._receive_locks[channel]
+
+    async def _pop_normal(self, channel: str) -> dict[str, Any]:
         pool = self._pools[self._router.channel_shard(channel)]
         key = self._router.channel_key(channel)
 
         async def put_back(reply: object) -> None:
-            entry = _popped_entry(reply)
-            if entry is not None:
-                member, score = entry
-                await pool.execute("ZADD", key, score, member)
+            await self._put_back(pool, key, [_popped_entry(reply)])
 
         delay = 0.0
         while True:
@@ -425,12 +450,7 @@ class QueueLayer(ScopedChannels):
 
         async def put_back(reply: object) -> None:
             entries = _popped_entries(reply) if use_bzmpop else [_popped_entry(reply)]
-            flat: list[bytes | str] = []
-            for entry in entries:
-                if entry is not None:
-                    flat += [repr(entry[1]), entry[0]]
-            if flat:
-                await pool.execute("ZADD", key, *flat)
+            await self._put_back(pool, key, entries)
 
         delay = 0.0
         while True:
@@ -485,6 +505,17 @@ class QueueLayer(ScopedChannels):
                 if isinstance(member, bytes) and isinstance(score, bytes)
             ]
         return entries
+
+    async def _put_back(
+        self, pool: ConnectionPool, key: bytes, entries: Iterable[tuple[bytes, float] | None]
+    ) -> None:
+        """Return popped messages to Redis at their original scores (so they come first)."""
+        flat: list[bytes | str] = []
+        for entry in entries:
+            if entry is not None:
+                flat += [repr(entry[1]), entry[0]]
+        if flat:
+            await pool.pipeline([("ZADD", key, *flat), ("EXPIRE", key, self._ttl)])
 
     def _dispatch_local(self, local_key: str, entries: Iterable[tuple[bytes, float]]) -> None:
         cutoff = time.time() - self.expiry

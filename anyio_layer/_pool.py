@@ -46,6 +46,7 @@ from typing import Final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._connection import Connection, connect, raise_for_reply
 from ._hosts import DEFAULT_HOST, HostConfig, SentinelConfig, ServerConfig, TCPAddress, parse_host
@@ -68,6 +69,7 @@ MAX_BACKOFF: Final = 2.0
 _MIN_BACKOFF: Final = 0.05
 #: How long cancellation cleanup of a blocking command may take.
 _UNBLOCK_TIMEOUT: Final = 2.0
+_UNBLOCK_RETRY: Final = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,9 @@ class _Pipeline:
         # A cancelled caller simply stops waiting: the reader still consumes
         # its reply and sets an event nobody waits on, so replies stay matched.
         if request.error is not None:
+            # A caller cancelled at the moment the connection closed gets its
+            # cancellation, not the closing error.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             raise request.error
         return request.replies
 
@@ -475,8 +480,15 @@ class ConnectionPool:
     ) -> None:
         """Unblock a dedicated connection after its caller went away, and account for its reply."""
         try:
-            await self.execute("CLIENT", "UNBLOCK", connection.client_id)
-            reply = await connection.read_reply()
+            while True:
+                if await self.execute("CLIENT", "UNBLOCK", connection.client_id):
+                    reply = await connection.read_reply()  # nil, or what it popped
+                    break
+                # Not blocked: it has answered already, or the server has not
+                # read the command yet (then unblock it again shortly).
+                with anyio.move_on_after(_UNBLOCK_RETRY):
+                    reply = await connection.read_reply()
+                    break
         except (RedisError, LayerClosedError):
             return  # the connection stays broken and is closed
         connection.broken = False
@@ -504,7 +516,7 @@ async def open_pool(host: object = DEFAULT_HOST) -> AsyncIterator[ConnectionPool
     pool's reader tasks and closes every connection, including dedicated
     connections still lent out (their users then get a connection error).
     """
-    config = host if isinstance(host, (ServerConfig, SentinelConfig)) else parse_host(host)
+    config = parse_host(host)
     async with open_service_task_group() as task_group:
         pool = ConnectionPool(config, task_group)
         try:

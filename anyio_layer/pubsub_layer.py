@@ -264,11 +264,15 @@ class _Shard:
         connection = self._connection
         if connection is None:
             raise RedisConnectionError(f"no subscriber connection to {self.pool.config}")
-        if args[0] in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            for name in args[1:]:
-                self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        async with self._write_lock:
-            with anyio.CancelScope(shield=True):  # half a command would corrupt the stream
+        # Shielded as a whole, lock included: a command is counted in flight
+        # only once it is certain to be written, and never half written.
+        with anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                if self._connection is not connection:
+                    raise RedisConnectionError(f"subscriber connection to {self.pool.config} lost")
+                if args[0] in ("SUBSCRIBE", "UNSUBSCRIBE"):
+                    for name in args[1:]:
+                        self._in_flight[name] = self._in_flight.get(name, 0) + 1
                 await connection.send(encode_command(args))
 
     def _notify(self) -> None:
@@ -292,6 +296,7 @@ class PubSubLayer(ScopedChannels):
         max_message_size: int,
         on_disconnect: str | None,
         on_reconnect: str | None,
+        idle_channel_timeout: float | None = None,
     ) -> None:
         self._task_group = task_group
         self._shards = [_Shard(self, pool) for pool in pools]
@@ -307,6 +312,10 @@ class PubSubLayer(ScopedChannels):
         self._groups: dict[str, set[str]] = {}
         self._counters = _Counters()
         self._closed = False
+        #: Close channels nobody has received from for this long (None: never).
+        self.idle_channel_timeout = idle_channel_timeout
+        self._idle_since: dict[str, float] = {}
+        self._janitor_started = False
 
     # -- the channel layer API ------------------------------------------------------
 
@@ -346,12 +355,15 @@ class PubSubLayer(ScopedChannels):
         if buffer is None:
             buffer = await self._open(channel)
         buffer.receivers += 1
+        self._idle_since.pop(channel, None)
         try:
             await buffer.wait()
             # No checkpoint from here on: the message is taken and returned atomically.
             _, message = buffer.messages.popleft()
         finally:
             buffer.receivers -= 1
+            if not buffer.receivers and not buffer.closed:
+                self._idle_since[channel] = time.monotonic()
         self._counters.received += 1
         return message
 
@@ -382,6 +394,7 @@ class PubSubLayer(ScopedChannels):
         """Unsubscribe ``channel``, take it out of its groups and drop its buffer."""
         self._check_open()
         buffer = self._channels.pop(channel, None)
+        self._idle_since.pop(channel, None)
         if buffer is None:
             return
         buffer.close()
@@ -399,6 +412,7 @@ class PubSubLayer(ScopedChannels):
             buffer.close()
         self._channels.clear()
         self._groups.clear()
+        self._idle_since.clear()
 
     def statistics(self) -> PubSubStatistics:
         counters = self._counters
@@ -428,6 +442,27 @@ class PubSubLayer(ScopedChannels):
         if not self._closed:
             await self.close_channel(name)
 
+    def _start_janitor(self) -> None:
+        if self.idle_channel_timeout is not None and not self._janitor_started:
+            self._janitor_started = True
+            self._task_group.start_soon(self._close_idle_channels, name="anyio_layer janitor")
+
+    async def _close_idle_channels(self) -> None:
+        """Close channels that had no receiver for ``idle_channel_timeout`` seconds."""
+        timeout = self.idle_channel_timeout
+        if timeout is None:
+            return
+        while True:
+            await anyio.sleep(max(timeout / 4, 0.01))
+            cutoff = time.monotonic() - timeout
+            for channel in [name for name, since in self._idle_since.items() if since < cutoff]:
+                if self._idle_since.get(channel, cutoff + 1) >= cutoff:
+                    continue  # a receiver arrived while an earlier channel was closed
+                try:
+                    await self.close_channel(channel)
+                except RedisConnectionError as exc:  # unsubscribed on reconnect anyway
+                    logger.debug("closing idle channel %r: %s", channel, exc)
+
     def _check_open(self) -> None:
         if self._closed:
             raise LayerClosedError("the channel layer is closed (its async with block has exited)")
@@ -442,6 +477,8 @@ class PubSubLayer(ScopedChannels):
         buffer = self._channels.get(channel)
         if buffer is None:
             buffer = self._channels[channel] = LocalBuffer(self.capacity)
+            self._idle_since[channel] = time.monotonic()
+            self._start_janitor()
         try:
             await self._shard(channel).subscribe(channel)
         except BaseException:
@@ -536,6 +573,7 @@ _OPTIONS: Final = (
     "on_reconnect",
     "capacity",
     "max_message_size",
+    "idle_channel_timeout",
 )
 
 
@@ -550,12 +588,17 @@ async def open_pubsub_layer(
     on_reconnect: str | None = None,
     capacity: int = 100,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    idle_channel_timeout: float | None = None,
     **unknown: object,
 ) -> AsyncIterator[PubSubLayer]:
     """Open the pub/sub layer; its options are channels_redis's pub/sub ``CONFIG`` keys.
 
-    ``capacity`` bounds each local channel's buffer (an addition: channels_redis's
-    buffers are unbounded). Leaving the block stops every task and closes every
+    Additions to channels_redis's options: ``capacity`` bounds each local
+    channel's buffer (channels_redis's are unbounded); ``idle_channel_timeout``
+    closes (unsubscribes, drops the buffer of) a channel nobody has received
+    from for that many seconds, counting from its creation or its last
+    receiver leaving; ``None`` (the default) keeps channels until
+    :meth:`PubSubLayer.close_channel`. Leaving the block stops every task and closes every
     connection; calls made afterwards raise
     :class:`~anyio_layer.exceptions.LayerClosedError`.
     """
@@ -574,6 +617,8 @@ async def open_pubsub_layer(
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
         raise ConfigurationError(f"capacity must be a positive integer, not {capacity!r}")
     max_message_size = int(positive_number(max_message_size, "max_message_size"))
+    if idle_channel_timeout is not None:
+        idle_channel_timeout = positive_number(idle_channel_timeout, "idle_channel_timeout")
     serializer = registry.get_serializer(
         serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
     )
@@ -589,6 +634,7 @@ async def open_pubsub_layer(
                 max_message_size=max_message_size,
                 on_disconnect=on_disconnect,
                 on_reconnect=on_reconnect,
+                idle_channel_timeout=idle_channel_timeout,
             )
             try:
                 yield layer

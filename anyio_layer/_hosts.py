@@ -193,7 +193,9 @@ def parse_hosts(hosts: object) -> tuple[HostConfig, ...]:
 
 
 def parse_host(entry: object) -> HostConfig:
-    """Parse one entry of ``hosts``."""
+    """Parse one entry of ``hosts`` (an already parsed config is returned as it is)."""
+    if isinstance(entry, (ServerConfig, SentinelConfig)):
+        return entry
     if isinstance(entry, str):
         return _from_url(entry, {}, entry)
     if isinstance(entry, (tuple, list)):

@@ -41,12 +41,14 @@ its original score, so it is the next message any receiver gets. Cancelling
 :meth:`~QueueLayer.send` or :meth:`~QueueLayer.group_send` either sent the
 message or did not; it never disturbs the connection.
 
-Local buffers are bounded by the channel's capacity. When a consumer falls so
-far behind that its buffer is full, the **oldest** buffered message is
+Back-pressure and local buffers: a reader pops only while some receiver of
+its key waits on an empty buffer, so messages for consumers that are busy stay
+in Redis, where the capacity check makes senders back off with ChannelFull.
+Buffers are still bounded by the channel's capacity: when one batch brings a
+busy consumer more than its buffer holds, the **oldest** buffered message is
 dropped (as channels_redis does), but not silently: it is logged and counted
-in :attr:`LayerStatistics.local_buffer_overflows`. Blocking the reader
-instead would stall every other channel of the process behind one slow
-consumer.
+in :attr:`LayerStatistics.local_buffer_overflows`. Blocking the reader instead
+would stall every other channel of the process behind one slow consumer.
 
 Failures: when Redis goes away, ``send()`` and friends fail at once with
 :class:`~anyio_layer.exceptions.RedisConnectionError` (nothing is queued in
@@ -60,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -84,6 +87,7 @@ from .exceptions import (
     MessageDecodeError,
     MessageTooLarge,
     RedisConnectionError,
+    RedisError,
     ResponseError,
 )
 from .names import (
@@ -116,6 +120,8 @@ DRAIN_BATCH: Final = 500
 _BLOCK_SECONDS: Final = 5
 _BLOCK_GRACE: Final = 10.0
 _MAX_RETRY_DELAY: Final = 2.0
+#: How long closing may spend returning buffered messages to Redis.
+_RETURN_TIMEOUT: Final = 5.0
 
 # KEYS[1]: channel key. ARGV: message, score (now), prune cutoff, capacity, ttl.
 # Returns {added (0 or 1), messages pruned as expired}.
@@ -203,6 +209,35 @@ class _SharedLock:
         self.users = 0
 
 
+class _Demand:
+    """How many buffers of one process-local key have receivers waiting and no message."""
+
+    __slots__ = ("_event", "_hungry_buffers", "hungry")
+
+    def __init__(self) -> None:
+        self.hungry = 0
+        self._hungry_buffers: set[int] = set()
+        self._event = anyio.Event()
+
+    def update(self, buffer: LocalBuffer) -> None:
+        """Recount ``buffer`` after its receivers or messages changed."""
+        hungry = buffer.receivers > 0 and not buffer.messages
+        if hungry == (id(buffer) in self._hungry_buffers):
+            return
+        if hungry:
+            self._hungry_buffers.add(id(buffer))
+            self.hungry += 1
+            self._event.set()
+        else:
+            self._hungry_buffers.discard(id(buffer))
+            self.hungry -= 1
+
+    async def wait(self) -> None:
+        while not self.hungry:
+            self._event = anyio.Event()
+            await self._event.wait()
+
+
 class QueueLayer(ScopedChannels):
     """A channel layer over Redis sorted sets. Create it with :func:`open_redis_layer`."""
 
@@ -219,6 +254,8 @@ class QueueLayer(ScopedChannels):
         capacities: CapacityRules,
         serializer: MessageSerializer,
         max_message_size: int,
+        client_prefix: str | None = None,
+        client_prefix_family: str | None = None,
     ) -> None:
         self._pools = tuple(pools)
         self._task_group = task_group
@@ -230,10 +267,14 @@ class QueueLayer(ScopedChannels):
         self.serializer = serializer
         self.max_message_size = max_message_size
         #: Identifies this layer's process-local channels (``specific.<client_prefix>!...``).
-        self.client_prefix = random_client_prefix()
+        self.client_prefix = client_prefix or random_client_prefix()
+        #: Other layers' client prefixes this one may receive for (``family`` or ``family-*``).
+        self.client_prefix_family = client_prefix_family
         self._ttl = math.ceil(expiry)
         self._buffers: dict[str, LocalBuffer] = {}
-        self._readers: set[str] = set()
+        #: Process-local keys with a reader task, and the demand that drives it.
+        self._readers: dict[str, _Demand] = {}
+        self._next_sweep = 0.0
         self._receive_locks: dict[str, _SharedLock] = {}
         self._counters = _Counters()
         self._closed = False
@@ -365,33 +406,41 @@ class QueueLayer(ScopedChannels):
         if not is_process_local(channel):
             return await self._receive_normal(channel)
         local_key = non_local_name(channel)
-        if (
-            not local_key.endswith(f".{self.client_prefix}!")
-            and local_key != f"{self.client_prefix}!"
-        ):
+        if not self._owns(local_key):
             raise InvalidChannelName(
                 f"channel {channel!r} was not created by this layer's new_channel(): only "
                 f"the process that created a process-local channel can receive from it"
             )
-        if local_key not in self._readers:
-            self._readers.add(local_key)
+        demand = self._readers.get(local_key)
+        if demand is None:
+            demand = self._readers[local_key] = _Demand()
             self._task_group.start_soon(
-                self._read_local, local_key, name=f"anyio_layer reader {local_key}"
+                self._read_local, local_key, demand, name=f"anyio_layer reader {local_key}"
             )
         buffer = self._buffers.get(channel)
         if buffer is None:
             buffer = self._buffers[channel] = LocalBuffer(self.capacities.for_channel(channel))
         buffer.receivers += 1
+        demand.update(buffer)
         try:
             await buffer.wait()
             # No checkpoint from here on: the message is taken and returned atomically.
             _, message = buffer.messages.popleft()
         finally:
             buffer.receivers -= 1
+            demand.update(buffer)
             if not buffer.receivers and not buffer.messages:
                 self._buffers.pop(channel, None)
         self._counters.received += 1
         return message
+
+    def _owns(self, local_key: str) -> bool:
+        """Whether process-local channels under ``local_key`` are this layer's to receive."""
+        client = local_key[:-1].rsplit(".", 1)[-1]
+        family = self.client_prefix_family
+        return client == self.client_prefix or (
+            family is not None and (client == family or client.startswith(family + "-"))
+        )
 
     async def _receive_normal(self, channel: str) -> dict[str, Any]:
         # One pop per channel at a time in this process: a receiver waiting
@@ -442,8 +491,14 @@ class QueueLayer(ScopedChannels):
             self._counters.received += 1
             return message
 
-    async def _read_local(self, local_key: str) -> None:
-        """Move messages for this layer's local channels from Redis into their buffers."""
+    async def _read_local(self, local_key: str, demand: _Demand) -> None:
+        """Move messages for this layer's local channels from Redis into their buffers.
+
+        The reader pops only while some receiver waits on an empty buffer.
+        Messages for consumers that are busy stay in Redis, where the
+        capacity check makes senders back off with ChannelFull, as with
+        channels_redis.
+        """
         pool = self._pools[self._router.channel_shard(local_key)]
         key = self._router.channel_key(local_key)
         use_bzmpop = True
@@ -454,6 +509,7 @@ class QueueLayer(ScopedChannels):
 
         delay = 0.0
         while True:
+            await demand.wait()
             try:
                 with anyio.fail_after(_BLOCK_SECONDS + _BLOCK_GRACE):
                     if use_bzmpop:
@@ -482,7 +538,7 @@ class QueueLayer(ScopedChannels):
                 await anyio.sleep(delay)
                 continue
             delay = 0.0
-            self._dispatch_local(local_key, entries)
+            self._dispatch_local(local_key, entries, demand)
 
     async def _pop_legacy(
         self, pool: ConnectionPool, key: bytes, put_back: Any
@@ -506,6 +562,22 @@ class QueueLayer(ScopedChannels):
             ]
         return entries
 
+    async def _return_unreceived(self) -> None:
+        """Put messages buffered for local channels back in Redis, each at its original score."""
+        by_key: dict[str, list[tuple[bytes, float]]] = {}
+        for name, buffer in self._buffers.items():
+            entries = by_key.setdefault(non_local_name(name), [])
+            for score, message in buffer.messages:
+                entries.append((self._encode({**message, RESERVED_KEY: name}), score))
+            buffer.messages.clear()
+        for local_key, entries in by_key.items():
+            if entries:
+                pool = self._pools[self._router.channel_shard(local_key)]
+                try:
+                    await self._put_back(pool, self._router.channel_key(local_key), entries)
+                except (RedisError, LayerClosedError) as exc:
+                    logger.warning("lost %d buffered messages on close: %s", len(entries), exc)
+
     async def _put_back(
         self, pool: ConnectionPool, key: bytes, entries: Iterable[tuple[bytes, float] | None]
     ) -> None:
@@ -517,7 +589,9 @@ class QueueLayer(ScopedChannels):
         if flat:
             await pool.pipeline([("ZADD", key, *flat), ("EXPIRE", key, self._ttl)])
 
-    def _dispatch_local(self, local_key: str, entries: Iterable[tuple[bytes, float]]) -> None:
+    def _dispatch_local(
+        self, local_key: str, entries: Iterable[tuple[bytes, float]], demand: _Demand
+    ) -> None:
         cutoff = time.time() - self.expiry
         for member, score in entries:
             if score < cutoff:
@@ -539,7 +613,9 @@ class QueueLayer(ScopedChannels):
                 if buffer is None:
                     buffer = self._buffers[name] = LocalBuffer(self.capacities.for_channel(name))
                 copy = message if len(names) == 1 else dict(message)
-                if not buffer.put(score, copy):
+                fits = buffer.put(score, copy)
+                demand.update(buffer)
+                if not fits:
                     self._counters.overflows += 1
                     logger.warning(
                         "local buffer of %r is full (%d messages): dropped its oldest message",
@@ -549,7 +625,11 @@ class QueueLayer(ScopedChannels):
         self._sweep(cutoff)
 
     def _sweep(self, cutoff: float) -> None:
-        """Forget expired messages of channels nobody is receiving from."""
+        """Forget expired messages of channels nobody is receiving from (at most once a second)."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
         for name, buffer in list(self._buffers.items()):
             if not buffer.receivers and buffer.messages and buffer.messages[0][0] < cutoff:
                 self._counters.expired += buffer.drop_expired(cutoff)
@@ -582,8 +662,11 @@ class QueueLayer(ScopedChannels):
                     await pool.execute("UNLINK", *keys)
                 if cursor == b"0":
                     break
-        for buffer in self._buffers.values():
+        for name, buffer in self._buffers.items():
             buffer.messages.clear()
+            demand = self._readers.get(non_local_name(name))
+            if demand is not None:
+                demand.update(buffer)
 
     def statistics(self) -> LayerStatistics:
         counters = self._counters
@@ -689,6 +772,8 @@ _OPTIONS: Final = (
     "random_prefix_length",
     "serializer_format",
     "max_message_size",
+    "client_prefix",
+    "client_prefix_family",
 )
 
 
@@ -705,9 +790,19 @@ async def open_redis_layer(
     random_prefix_length: int = 12,
     serializer_format: str = "msgpack",
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    client_prefix: str | None = None,
+    client_prefix_family: str | None = None,
     **unknown: object,
 ) -> AsyncIterator[QueueLayer]:
     """Open the queue layer; its options are channels_redis's ``CONFIG`` keys.
+
+    ``client_prefix`` and ``client_prefix_family`` (additions) let several
+    layers of one process hand process-local channels to each other, as the
+    Channels adapter does with its one layer per event loop: each layer names
+    its channels with its own ``client_prefix`` (``family-N``) and may receive
+    from any channel of the family. Messages a layer buffered but nobody
+    received go back to Redis when it closes, for the next layer. By default
+    the client prefix is random and a layer receives only its own channels.
 
     Leaving the block stops the layer's tasks and closes every connection;
     calls made afterwards raise :class:`~anyio_layer.exceptions.LayerClosedError`.
@@ -739,20 +834,38 @@ async def open_redis_layer(
         random_prefix_length=random_prefix_length,
         expiry=expiry,
     )
+    for name, value in (
+        ("client_prefix", client_prefix),
+        ("client_prefix_family", client_prefix_family),
+    ):
+        if value is not None and not (
+            isinstance(value, str) and re.fullmatch(r"[0-9a-zA-Z_-]{1,64}", value)
+        ):
+            raise ConfigurationError(
+                f"{name} must be 1-64 ASCII letters, digits, '-' or '_', not {value!r}"
+            )
     async with contextlib.AsyncExitStack() as stack:
         pools = [await stack.enter_async_context(open_pool(config)) for config in configs]
-        async with open_service_task_group() as task_group:
-            layer = QueueLayer(
-                pools=pools,
-                task_group=task_group,
-                prefix=prefix,
-                expiry=expiry,
-                group_expiry=group_expiry,
-                capacities=capacities,
-                serializer=serializer,
-                max_message_size=max_message_size,
-            )
-            try:
-                yield layer
-            finally:
-                layer._closed = True
+        try:
+            async with open_service_task_group() as task_group:
+                layer = QueueLayer(
+                    pools=pools,
+                    task_group=task_group,
+                    prefix=prefix,
+                    expiry=expiry,
+                    group_expiry=group_expiry,
+                    capacities=capacities,
+                    serializer=serializer,
+                    max_message_size=max_message_size,
+                    client_prefix=client_prefix,
+                    client_prefix_family=client_prefix_family,
+                )
+                try:
+                    yield layer
+                finally:
+                    layer._closed = True
+        finally:
+            # The readers are stopped; messages they buffered that nobody took
+            # go back to Redis, for another layer with the same client_prefix.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_RETURN_TIMEOUT):
+                await layer._return_unreceived()

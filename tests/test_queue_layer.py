@@ -192,23 +192,32 @@ async def test_expiry(redis_url: str) -> None:
         assert await layer.receive("normal") == {"type": "fresh"}
 
 
+async def test_busy_local_consumer_pushes_back_on_senders(redis_url: str) -> None:
+    async with open_redis_layer(hosts=[redis_url], capacity=3) as layer:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "n", "i": 0})
+        assert (await layer.receive(channel))["i"] == 0  # the reader is running now
+        # Nobody is receiving: messages stay in Redis and its capacity applies.
+        for i in range(3):
+            await layer.send(channel, {"type": "n", "i": i})
+        with pytest.raises(ChannelFull):
+            await layer.send(channel, {"type": "n", "i": 3})
+        assert [(await layer.receive(channel))["i"] for _ in range(3)] == [0, 1, 2]
+        assert layer.statistics().local_buffer_overflows == 0
+
+
 async def test_local_buffer_overflow_drops_oldest_and_counts(redis_url: str) -> None:
     async with open_redis_layer(hosts=[redis_url], capacity=5) as layer:
-        local = await layer.new_channel()
+        busy = await layer.new_channel()
         other = await layer.new_channel()
-        # Start the reader, then fill the buffer faster than anyone receives.
-        with anyio.move_on_after(0.05):
-            await layer.receive(other)
-        for i in range(12):
-            try:
-                await layer.send(local, {"type": "n", "i": i})
-            except ChannelFull:
-                await anyio.sleep(0.05)  # let the reader drain Redis into the buffer
-                await layer.send(local, {"type": "n", "i": i})
-        with anyio.fail_after(5):
-            while layer.statistics().local_buffer_overflows < 7:
-                await anyio.sleep(0.01)
-        assert [(await layer.receive(local))["i"] for _ in range(5)] == [7, 8, 9, 10, 11]
+        for batch in range(2):
+            for i in range(5):
+                await layer.send(busy, {"type": "n", "i": batch * 5 + i})
+            # A receiver on another channel makes the reader pop everything waiting.
+            with anyio.move_on_after(0.2):
+                await layer.receive(other)
+        assert layer.statistics().local_buffer_overflows == 5
+        assert [(await layer.receive(busy))["i"] for _ in range(5)] == [5, 6, 7, 8, 9]
 
 
 async def test_scoped_channel(redis_url: str) -> None:
@@ -467,3 +476,28 @@ async def test_sharding_across_hosts(redis_server_factory: Callable[..., RedisSe
                 if index != shard:
                     assert server.execute("EXISTS", key) == 0
         assert len(used) > 1, "test channels should spread over several shards"
+
+
+async def test_layers_of_one_family_hand_over_buffered_messages(redis_url: str) -> None:
+    """What the Channels adapter relies on: one layer per event loop, one family."""
+    family = {"hosts": [redis_url], "client_prefix_family": "fam"}
+    async with open_redis_layer(client_prefix="fam-1", **family) as first:
+        channel = await first.new_channel()
+        assert "fam-1!" in channel
+        for i in range(5):
+            await first.send(channel, {"type": "n", "i": i})
+        assert (await first.receive(channel))["i"] == 0
+        # The reader has buffered the rest; nobody receives them here.
+        with anyio.fail_after(5):
+            while not first._buffers.get(channel) or len(first._buffers[channel].messages) < 4:
+                await anyio.sleep(0.01)
+    async with open_redis_layer(client_prefix="fam-2", **family) as second:
+        assert [(await second.receive(channel))["i"] for _ in range(4)] == [1, 2, 3, 4]
+        with pytest.raises(InvalidChannelName, match="not created by this layer"):
+            await second.receive("specific.other-1!abc")
+
+
+async def test_bad_client_prefix() -> None:
+    with pytest.raises(ConfigurationError, match="client_prefix"):
+        async with open_redis_layer(client_prefix="has.dot"):
+            pass

@@ -335,3 +335,30 @@ async def test_sentinel_failover(redis_server_factory: ServerFactory) -> None:
             stats = layer.statistics()
             assert stats.disconnects == stats.reconnects == len(seen) // 2
             assert numsub(replica, channel) == 1
+
+
+async def test_idle_channels_are_closed_after_the_timeout(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    async with open_pubsub_layer(hosts=[redis_url], idle_channel_timeout=0.3) as layer:
+        kept = await layer.new_channel()
+        dropped = await layer.new_channel()
+        await layer.group_add("g", dropped)
+
+        async def keep_receiving() -> None:
+            while True:
+                await layer.receive(kept)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_receiving)
+            # A receive that times out loses nothing within the grace period.
+            assert await nothing_arrives(layer, dropped, 0.05)
+            await layer.send(dropped, {"type": "kept for the next receive"})
+            await anyio.sleep(0.1)
+            assert await layer.receive(dropped) == {"type": "kept for the next receive"}
+            # Then nobody receives: the channel and its group subscription go.
+            with anyio.fail_after(5):
+                while numsub(redis_server, dropped) or numsub(redis_server, "asgi__group__g"):
+                    await anyio.sleep(0.05)
+            assert numsub(redis_server, kept) == 1
+            tg.cancel_scope.cancel()

@@ -24,6 +24,13 @@ How messages move:
   :data:`DRAIN_BATCH` messages per round trip (``BZMPOP`` on Redis 7,
   ``BZPOPMIN`` plus ``ZPOPMIN`` on 6.2) and files each into the local buffer
   of its channel. :meth:`QueueLayer.receive` only waits on that buffer.
+* A message for one of this layer's *own* local channels (named by its
+  ``new_channel()``), by ``send()`` or as a ``group_send()`` member, goes
+  straight into the channel's buffer: sender and receiver share the layer, so
+  Redis would only add two round trips. The receiver still gets a decoded
+  copy, and the channel's capacity still applies (ChannelFull when its buffer
+  is full). Every message this layer sends to its own channel takes that
+  path, so its order is kept.
 * Normal channels (no ``!``, e.g. a worker queue shared by many processes):
   :meth:`QueueLayer.receive` pops from Redis directly with ``BZPOPMIN``; the
   receivers of one process take turns (one blocked pop per channel), so they
@@ -287,6 +294,13 @@ class QueueLayer(ScopedChannels):
         validate_channel_name(channel)
         _check_message(message)
         if is_process_local(channel):
+            if self._is_own(channel):
+                # Sender and receiver share this layer: no need to go through Redis.
+                if not self._deliver_own(channel, self._encode(message), time.time()):
+                    self._counters.channel_full += 1
+                    raise ChannelFull(f"channel {channel!r} is at capacity")
+                self._counters.sent += 1
+                return
             message = {**message, RESERVED_KEY: channel}
         payload = self._encode(message)
         now = time.time()
@@ -318,7 +332,7 @@ class QueueLayer(ScopedChannels):
         self._check_open()
         validate_group_name(group)
         _check_message(message)
-        self._encode(message)  # reject what cannot be sent, even to an empty group
+        plain = self._encode(message)  # also rejects what cannot be sent, even to nobody
         now = time.time()
         group_pool = self._pools[self._router.group_shard(group)]
         group_key = self._router.group_key(group)
@@ -331,10 +345,17 @@ class QueueLayer(ScopedChannels):
         self._counters.group_sends += 1
         if not isinstance(members, list) or not members:
             return
-        # One copy per Redis key, naming every member channel stored in it.
+        # Members that are this layer's own channels get the message in memory;
+        # the rest get one copy per Redis key, naming every member stored in it.
         targets: dict[bytes, list[str]] = {}
         for member in members:
             channel = member.decode() if isinstance(member, bytes) else str(member)
+            if is_process_local(channel) and self._is_own(channel):
+                if self._deliver_own(channel, plain, now):
+                    self._counters.group_deliveries += 1
+                else:
+                    self._counters.group_skipped += 1
+                continue
             targets.setdefault(self._router.channel_key(channel), []).append(channel)
         by_shard: dict[int, list[bytes]] = {}
         for key, channels in targets.items():
@@ -423,9 +444,15 @@ class QueueLayer(ScopedChannels):
         buffer.receivers += 1
         demand.update(buffer)
         try:
-            await buffer.wait()
-            # No checkpoint from here on: the message is taken and returned atomically.
-            _, message = buffer.messages.popleft()
+            while True:
+                await buffer.wait()
+                # No checkpoint from here on: the message is taken and returned atomically.
+                expired = buffer.drop_expired(time.time() - self.expiry)
+                if not expired:
+                    _, message = buffer.messages.popleft()
+                    break
+                self._counters.expired += expired
+                demand.update(buffer)
         finally:
             buffer.receivers -= 1
             demand.update(buffer)
@@ -433,6 +460,29 @@ class QueueLayer(ScopedChannels):
                 self._buffers.pop(channel, None)
         self._counters.received += 1
         return message
+
+    def _is_own(self, channel: str) -> bool:
+        """Whether ``channel`` was named by this very layer (not just its family)."""
+        client = channel[: channel.index("!")].rsplit(".", 1)[-1]
+        return client == self.client_prefix
+
+    def _deliver_own(self, channel: str, payload: bytes, now: float) -> bool:
+        """Put a copy of a message straight into one of this layer's own buffers.
+
+        False if the buffer is at the channel's capacity. The copy is decoded
+        from the serialized payload, so the receiver gets exactly what it
+        would have got through Redis, independent of the sender's dict.
+        """
+        buffer = self._buffers.get(channel)
+        if buffer is None:
+            buffer = self._buffers[channel] = LocalBuffer(self.capacities.for_channel(channel))
+        if len(buffer.messages) >= buffer.capacity:
+            return False
+        buffer.put(now, self._decode(payload))
+        demand = self._readers.get(non_local_name(channel))
+        if demand is not None:
+            demand.update(buffer)
+        return True
 
     def _owns(self, local_key: str) -> bool:
         """Whether process-local channels under ``local_key`` are this layer's to receive."""

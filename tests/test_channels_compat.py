@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import threading
@@ -210,8 +211,11 @@ def test_loop_shutdown_closes_the_loops_layer(redis_url: str, redis_server: Redi
 
     async def main() -> None:
         channel = await layer.new_channel()
-        await layer.send(channel, {"type": "x"})
-        await layer.receive(channel)  # starts a reader with its blocking connection
+        await layer.send("jobs", {"type": "x"})
+        await layer.receive("jobs")  # a blocking pop on a dedicated connection
+        # Receiving on the local channel starts the reader (another connection).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive(channel), 0.1)
         assert clients(redis_server) >= 2
 
     asyncio.run(main())

@@ -110,10 +110,10 @@ async def test_groups(redis_url: str) -> None:
         with anyio.move_on_after(0.2) as scope:
             await layer.receive(c)
         assert scope.cancelled_caught
-        # One copy for both local channels of the process: a single Redis key.
+        # Own channels get a copy each, in memory; other members one per Redis key.
         stats = layer.statistics()
         assert stats.group_sends == 3
-        assert stats.group_deliveries == 2 + 2
+        assert stats.group_deliveries == (2 + 1) + (1 + 1)
 
 
 async def test_group_send_one_round_trip_per_shard(
@@ -192,27 +192,38 @@ async def test_expiry(redis_url: str) -> None:
         assert await layer.receive("normal") == {"type": "fresh"}
 
 
-async def test_busy_local_consumer_pushes_back_on_senders(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url], capacity=3) as layer:
+@pytest.mark.parametrize("from_another_layer", [True, False])
+async def test_busy_local_consumer_pushes_back_on_senders(
+    redis_url: str, from_another_layer: bool
+) -> None:
+    async with (
+        open_redis_layer(hosts=[redis_url], capacity=3) as layer,
+        open_redis_layer(hosts=[redis_url], capacity=3) as other,
+    ):
+        sender = other if from_another_layer else layer
         channel = await layer.new_channel()
-        await layer.send(channel, {"type": "n", "i": 0})
+        await sender.send(channel, {"type": "n", "i": 0})
         assert (await layer.receive(channel))["i"] == 0  # the reader is running now
-        # Nobody is receiving: messages stay in Redis and its capacity applies.
+        # Nobody is receiving: messages stay in Redis (or, from this layer, in
+        # the channel's buffer) and the channel's capacity applies.
         for i in range(3):
-            await layer.send(channel, {"type": "n", "i": i})
+            await sender.send(channel, {"type": "n", "i": i})
         with pytest.raises(ChannelFull):
-            await layer.send(channel, {"type": "n", "i": 3})
+            await sender.send(channel, {"type": "n", "i": 3})
         assert [(await layer.receive(channel))["i"] for _ in range(3)] == [0, 1, 2]
         assert layer.statistics().local_buffer_overflows == 0
 
 
 async def test_local_buffer_overflow_drops_oldest_and_counts(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url], capacity=5) as layer:
+    async with (
+        open_redis_layer(hosts=[redis_url], capacity=5) as layer,
+        open_redis_layer(hosts=[redis_url], capacity=5) as sender,  # another process
+    ):
         busy = await layer.new_channel()
         other = await layer.new_channel()
         for batch in range(2):
             for i in range(5):
-                await layer.send(busy, {"type": "n", "i": batch * 5 + i})
+                await sender.send(busy, {"type": "n", "i": batch * 5 + i})
             # A receiver on another channel makes the reader pop everything waiting.
             with anyio.move_on_after(0.2):
                 await layer.receive(other)

@@ -360,10 +360,15 @@ class PubSubLayer(ScopedChannels):
             await buffer.wait()
             # No checkpoint from here on: the message is taken and returned atomically.
             _, message = buffer.messages.popleft()
-        finally:
+        except BaseException:
+            # A receive that ends without a message is how a consumer that
+            # exits looks; one busy handling a message just has not called
+            # receive() again yet, and must keep its subscriptions.
             buffer.receivers -= 1
             if not buffer.receivers and not buffer.closed:
                 self._idle_since[channel] = time.monotonic()
+            raise
+        buffer.receivers -= 1
         self._counters.received += 1
         return message
 
@@ -595,9 +600,11 @@ async def open_pubsub_layer(
 
     Additions to channels_redis's options: ``capacity`` bounds each local
     channel's buffer (channels_redis's are unbounded); ``idle_channel_timeout``
-    closes (unsubscribes, drops the buffer of) a channel nobody has received
-    from for that many seconds, counting from its creation or its last
-    receiver leaving; ``None`` (the default) keeps channels until
+    closes (unsubscribes, drops the buffer of) a channel that has had no
+    receiver for that many seconds since its creation or since a
+    ``receive()`` ended *without* a message (cancelled: what a consumer that
+    exits looks like). A consumer busy handling a message keeps its channel
+    however long it takes. ``None`` (the default) keeps channels until
     :meth:`PubSubLayer.close_channel`. Leaving the block stops every task and closes every
     connection; calls made afterwards raise
     :class:`~anyio_layer.exceptions.LayerClosedError`.

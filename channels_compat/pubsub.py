@@ -17,9 +17,11 @@ Differences that matter, all in the user's favour:
 
 * channels_redis unsubscribes a channel on every cancelled ``receive()`` and
   throws away what was buffered, so a ``receive()`` that was merely timed out
-  loses messages. Here a channel is unsubscribed only after it has had no
-  receiver for ``channel_close_delay`` seconds (default 5): consumers that
-  exit leak no subscription, and a timed-out ``receive()`` loses nothing.
+  loses messages. Here a channel is unsubscribed only once it has had no
+  receiver for ``channel_close_delay`` seconds (default 5) after a
+  ``receive()`` ended without a message: consumers that exit leak no
+  subscription, a timed-out ``receive()`` loses nothing, and a consumer busy
+  in a slow handler keeps its groups.
 * ``on_disconnect`` / ``on_reconnect`` really fire, once per event, to every
   consumer listening on the affected shard.
 * Each channel's buffer is bounded (``capacity``, default 100).

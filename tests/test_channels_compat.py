@@ -234,7 +234,10 @@ def test_cancelled_pubsub_receive_keeps_messages_and_subscription(
             await asyncio.wait_for(layer.receive(channel), 0.05)
         await layer.send(channel, {"type": "not lost"})
         assert await layer.receive(channel) == {"type": "not lost"}
-        # Nobody receives any more: after the delay the subscription goes.
+        # The consumer exits (its receive is cancelled): after the delay the
+        # subscription goes.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive(channel), 0.05)
         for _ in range(100):
             reply = redis_server.execute("PUBSUB", "NUMSUB", channel)
             assert isinstance(reply, list)

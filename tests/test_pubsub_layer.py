@@ -356,7 +356,12 @@ async def test_idle_channels_are_closed_after_the_timeout(
             await layer.send(dropped, {"type": "kept for the next receive"})
             await anyio.sleep(0.1)
             assert await layer.receive(dropped) == {"type": "kept for the next receive"}
-            # Then nobody receives: the channel and its group subscription go.
+            # A consumer busy with a message keeps its channel, however long.
+            await anyio.sleep(0.6)
+            assert numsub(redis_server, dropped) == 1
+            # A receive that ends without a message (the consumer exits), and
+            # then nobody receives: the channel and its group subscription go.
+            assert await nothing_arrives(layer, dropped, 0.05)
             with anyio.fail_after(5):
                 while numsub(redis_server, dropped) or numsub(redis_server, "asgi__group__g"):
                     await anyio.sleep(0.05)

@@ -1,8 +1,8 @@
 """Benchmark anyio_layer's QueueLayer against channels_redis's RedisChannelLayer.
 
 Every scenario runs for three contenders, one after the other, against the same
-Redis server (emptied between runs), each in a fresh event loop with a fresh
-layer:
+Redis server (emptied between runs), each in a fresh event loop with fresh
+layers (ours in two variants, see below):
 
     channels_redis/asyncio   channels_redis.core.RedisChannelLayer (redis-py + hiredis)
     ours/asyncio             anyio_layer.queue_layer.open_redis_layer under asyncio
@@ -23,6 +23,26 @@ Scenarios (``--only`` takes the names on the left)::
     concurrent      50 sender tasks, each to its own process-local channel, 50 receivers
     payload         round trip with a 10 kB and a 100 kB bytes value in the message
 
+Two variants of ours (the table's "variant" column). Every scenario but
+cross-process runs sender and receiver in this one process, and our layer
+delivers a message it sends to one of its *own* process-local channels (named
+by its own ``new_channel()``, directly or as a group member) in memory,
+without Redis. So ours runs each of those scenarios twice:
+
+    same layer   sender and receiver share one layer: the in-memory path (what a
+                 single-process deployment, a consumer messaging itself or group
+                 members in the sending process get). group_send still reads the
+                 group's members from Redis; send() does not touch Redis at all.
+    via Redis    the sender is a second layer of ours (``open_redis_layer`` again,
+                 same server, same process); the channels belong to the first, so
+                 every message goes through Redis exactly as between two processes.
+                 The run fails unless Redis executed at least one send script
+                 (EVALSHA) per send()/group_send() call.
+
+channels_redis always goes through Redis, so it runs once, with one layer
+(variant "Redis"), and both variants of ours are compared with that row.
+Cross-process runs go through Redis for everyone (variant "2 processes").
+
 Senders go as fast as they can; on ChannelFull they sleep 1 ms and retry (the
 retries are reported). Every message carries a sequence number and its send
 time. Receivers check that each channel delivers every message exactly once
@@ -38,7 +58,7 @@ Rates are timed from the first send to the last receive; each measurement runs
 channels_redis gets fewer messages where it is slow; rates are per message,
 so the ratios stay comparable.
 
-Reproduce (launches a private redis-server; ~3.5 minutes on 2 cores)::
+Reproduce (launches a private redis-server; ~4.5 minutes on 2 cores)::
 
     python benchmarks/bench_layer.py
     python benchmarks/bench_layer.py --only fanout --scale 0.5 --json fanout.json
@@ -91,6 +111,16 @@ RUN_TIMEOUT: Final = 180.0
 NORMAL_CHANNEL: Final = "bench.cross-process"
 CHANNELS_REDIS: Final = "channels_redis/asyncio"
 
+# How a run's messages get from sender to receiver (the table's "variant" column).
+#: channels_redis, one layer: always through Redis.
+REDIS: Final = "Redis"
+#: Ours, one layer for sender and receiver: in memory (group_send reads members from Redis).
+SAME_LAYER: Final = "same layer"
+#: Ours, a second layer of ours sends: through Redis, as between two processes.
+VIA_REDIS: Final = "via Redis"
+#: Cross-process runs: through Redis for everyone.
+PROCESSES: Final = "2 processes"
+
 
 class VerificationError(AssertionError):
     """A message was lost, duplicated or reordered: the layer is broken."""
@@ -108,6 +138,19 @@ class Layer(Protocol):
     async def group_add(self, group: str, channel: str) -> None: ...
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The layers of one run: ``receiver`` makes the channels and receives, ``sender`` sends.
+
+    The same layer, except in our "via Redis" variant, where ``sender`` is a
+    second layer on the same server, so nothing it sends is one of its own
+    channels and every message goes through Redis.
+    """
+
+    receiver: Layer
+    sender: Layer
 
 
 # -- contenders -----------------------------------------------------------------
@@ -235,7 +278,8 @@ class Measurement:
     cpu_seconds: float  # CPU time of the benchmark processes while timed
     calls: int = 0  # group_send calls (fan-out only)
     retries: int = 0  # sends refused with ChannelFull and retried
-    layer_stats: dict[str, Any] | None = None
+    layer_stats: dict[str, Any] | None = None  # the receiving layer's (ours only)
+    sender_stats: dict[str, Any] | None = None  # the sending layer's, if it is another one
 
     @property
     def rate(self) -> float:
@@ -279,6 +323,7 @@ def measured(
 class RunContext:
     contender: Contender
     url: str
+    variant: str = SAME_LAYER
     #: Filled in while the run goes, so a timeout can say where it got stuck.
     checks: list[StreamCheck] = dataclasses.field(default_factory=list)
 
@@ -292,14 +337,15 @@ class RunContext:
 
 
 async def round_trip(
-    layer: Layer, ctx: RunContext, n: int, payload: bytes | None = None
+    layers: Layers, ctx: RunContext, n: int, payload: bytes | None = None
 ) -> Measurement:
+    layer, sender = layers.receiver, layers.sender
     channel = await layer.new_channel()
     check = ctx.check(channel, n, time.perf_counter)
     extra = {} if payload is None else {"payload": payload}
     start = Start.now()
     for seq in range(n):
-        await layer.send(channel, message(seq, time.perf_counter, **extra))
+        await sender.send(channel, message(seq, time.perf_counter, **extra))
         received = await layer.receive(channel)
         check.record(received)
         if payload is not None and received.get("payload") != payload:
@@ -309,7 +355,8 @@ async def round_trip(
     return result
 
 
-async def streaming(layer: Layer, ctx: RunContext, n: int) -> Measurement:
+async def streaming(layers: Layers, ctx: RunContext, n: int) -> Measurement:
+    layer = layers.receiver
     channel = await layer.new_channel()
     check = ctx.check(channel, n, time.perf_counter)
     retries = 0
@@ -318,7 +365,9 @@ async def streaming(layer: Layer, ctx: RunContext, n: int) -> Measurement:
         nonlocal retries
         for seq in range(n):
             msg = message(seq, time.perf_counter)
-            retries += await send_with_retry(layer, channel, msg, ctx.contender.channel_full)
+            retries += await send_with_retry(
+                layers.sender, channel, msg, ctx.contender.channel_full
+            )
 
     start = Start.now()
     async with anyio.create_task_group() as task_group:
@@ -329,7 +378,8 @@ async def streaming(layer: Layer, ctx: RunContext, n: int) -> Measurement:
     return result
 
 
-async def concurrent(layer: Layer, ctx: RunContext, n: int) -> Measurement:
+async def concurrent(layers: Layers, ctx: RunContext, n: int) -> Measurement:
+    layer = layers.receiver
     per_channel = max(1, n // CONCURRENT_CHANNELS)
     channels = [await layer.new_channel() for _ in range(CONCURRENT_CHANNELS)]
     checks = [ctx.check(channel, per_channel, time.perf_counter) for channel in channels]
@@ -339,7 +389,9 @@ async def concurrent(layer: Layer, ctx: RunContext, n: int) -> Measurement:
         nonlocal retries
         for seq in range(per_channel):
             msg = message(seq, time.perf_counter)
-            retries += await send_with_retry(layer, channel, msg, ctx.contender.channel_full)
+            retries += await send_with_retry(
+                layers.sender, channel, msg, ctx.contender.channel_full
+            )
 
     start = Start.now()
     async with anyio.create_task_group() as task_group:
@@ -379,7 +431,8 @@ class Window:
             await self._event.wait()
 
 
-async def fanout(layer: Layer, ctx: RunContext, n: int, members: int) -> Measurement:
+async def fanout(layers: Layers, ctx: RunContext, n: int, members: int) -> Measurement:
+    layer = layers.receiver
     group = f"bench-fanout-{members}"
     channels = [await layer.new_channel() for _ in range(members)]
     for channel in channels:
@@ -390,7 +443,7 @@ async def fanout(layer: Layer, ctx: RunContext, n: int, members: int) -> Measure
     async def sender() -> None:
         for seq in range(n):
             await window.wait_for_room(seq)
-            await layer.group_send(group, message(seq, time.perf_counter))
+            await layers.sender.group_send(group, message(seq, time.perf_counter))
 
     start = Start.now()
     async with anyio.create_task_group() as task_group:
@@ -427,8 +480,9 @@ async def drive_worker(
     return {**report, "started": start.wall, "sender_cpu": start.cpu_since(), "retries": retries}
 
 
-async def cross_process(layer: Layer, ctx: RunContext, n: int, mode: str) -> Measurement:
+async def cross_process(layers: Layers, ctx: RunContext, n: int, mode: str) -> Measurement:
     """Send n messages to a receiver in a worker process (see :func:`worker_main`)."""
+    layer = layers.sender
     command = [sys.executable, __file__, "--worker", ctx.contender.name, ctx.url, str(n), mode]
     async with await anyio.open_process(command, stdin=None, stderr=None) as process:
         try:
@@ -479,7 +533,7 @@ def worker_main(contender_name: str, url: str, n: str, mode: str) -> int:
 
 # -- cases ------------------------------------------------------------------------------
 
-Scenario = Callable[[Layer, RunContext, int], Awaitable[Measurement]]
+Scenario = Callable[[Layers, RunContext, int], Awaitable[Measurement]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -494,6 +548,8 @@ class Case:
     #: channels_redis's messages, as a fraction of ``count`` (default: its contender share).
     channels_redis_share: float | None = None
     warm_up: bool = True
+    #: Sender and receiver in this process: ours runs "same layer" and "via Redis".
+    in_process: bool = True
 
     def messages_for(self, contender: Contender, scale: float) -> int:
         share = contender.share
@@ -501,11 +557,17 @@ class Case:
             share = self.channels_redis_share
         return max(1, round(self.count * scale * share))
 
+    def variants(self, contender: Contender) -> tuple[str, ...]:
+        if not self.in_process:
+            return (PROCESSES,)
+        return (REDIS,) if contender.name == CHANNELS_REDIS else (SAME_LAYER, VIA_REDIS)
 
-# Counts at --scale 1 are sized so that every run takes a few seconds and the whole
-# benchmark about 3 minutes on a 2-core machine.
+
+# Counts at --scale 1 are sized so that every run takes at most a few seconds and the
+# whole benchmark about 4.5 minutes on a 2-core machine. Both variants of ours get the
+# same count: the "same layer" runs are quick, the "via Redis" ones take most of the time.
 CASES: Final = (
-    Case("round-trip", "round trip", round_trip, 15_000),
+    Case("round-trip", "round trip", round_trip, 10_000),
     Case("streaming", "streaming, 1 channel", streaming, 12_000),
     Case(
         "cross-process",
@@ -513,6 +575,7 @@ CASES: Final = (
         functools.partial(cross_process, mode="local"),
         12_000,
         warm_up=False,
+        in_process=False,
     ),
     Case(
         "cross-process",
@@ -520,6 +583,7 @@ CASES: Final = (
         functools.partial(cross_process, mode="normal"),
         10_000,
         warm_up=False,
+        in_process=False,
     ),
     *(
         Case(
@@ -528,21 +592,21 @@ CASES: Final = (
             functools.partial(fanout, members=members),
             count,
         )
-        for members, count in ((1, 8_000), (10, 5_000), (100, 1_500), (1000, 200))
+        for members, count in ((1, 6_000), (10, 4_000), (100, 1_200), (1000, 150))
     ),
     # channels_redis manages ~80 messages/s here: give it 1% of ours.
-    Case("concurrent", "50 senders -> 50 channels", concurrent, 50_000, 0.01),
+    Case("concurrent", "50 senders -> 50 channels", concurrent, 40_000, 0.01),
     Case(
         "payload",
         "round trip, 10 kB",
         functools.partial(round_trip, payload=os.urandom(10_000)),
-        8_000,
+        6_000,
     ),
     Case(
         "payload",
         "round trip, 100 kB",
         functools.partial(round_trip, payload=os.urandom(100_000)),
-        4_000,
+        3_000,
     ),
 )
 SCENARIOS: Final = tuple(dict.fromkeys(case.scenario for case in CASES))
@@ -555,17 +619,31 @@ SCENARIOS: Final = tuple(dict.fromkeys(case.scenario for case in CASES))
 class Outcome:
     case: Case
     contender: Contender
+    variant: str
     messages: int
     result: Measurement | None = None
     error: str | None = None
+    #: Lua script calls (EVALSHA + EVAL) Redis counted during the run, warm-up included.
+    redis_scripts: int | None = None
 
 
-async def warm_up(layer: Layer) -> None:
+@asynccontextmanager
+async def open_layers(ctx: RunContext) -> AsyncIterator[Layers]:
+    """One layer, or for "via Redis" a second one of the same kind that sends."""
+    async with ctx.contender.open_layer(ctx.url) as layer:
+        if ctx.variant != VIA_REDIS:
+            yield Layers(layer, layer)
+        else:
+            async with ctx.contender.open_layer(ctx.url) as sender:
+                yield Layers(layer, sender)
+
+
+async def warm_up(layers: Layers) -> None:
     """Open connections, load scripts and start readers before timing anything."""
-    channel = await layer.new_channel()
+    channel = await layers.receiver.new_channel()
     for seq in range(WARMUP_ROUND_TRIPS):
-        await layer.send(channel, message(seq, time.perf_counter))
-        await layer.receive(channel)
+        await layers.sender.send(channel, message(seq, time.perf_counter))
+        await layers.receiver.receive(channel)
 
 
 def layer_statistics(layer: Layer) -> dict[str, Any] | None:
@@ -575,17 +653,19 @@ def layer_statistics(layer: Layer) -> dict[str, Any] | None:
 
 
 async def run_case(case: Case, ctx: RunContext, n: int) -> Measurement:
-    async with ctx.contender.open_layer(ctx.url) as layer:
+    async with open_layers(ctx) as layers:
         if case.warm_up:
-            await warm_up(layer)
+            await warm_up(layers)
         gc.collect()
         try:
             with anyio.fail_after(RUN_TIMEOUT):
-                result = await case.run(layer, ctx, n)
+                result = await case.run(layers, ctx, n)
         except TimeoutError:
             stuck = "; ".join(c.describe() for c in ctx.checks if c.received < c.expected)
             raise VerificationError(f"timed out after {RUN_TIMEOUT:.0f} s: {stuck[:300]}") from None
-        result.layer_stats = layer_statistics(layer)
+        result.layer_stats = layer_statistics(layers.receiver)
+        if layers.sender is not layers.receiver:
+            result.sender_stats = layer_statistics(layers.sender)
         return result
 
 
@@ -596,11 +676,33 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_one(case: Case, contender: Contender, url: str, scale: float) -> Outcome:
-    outcome = Outcome(case, contender, case.messages_for(contender, scale))
-    ctx = RunContext(contender, url)
+def check_went_through_redis(outcome: Outcome) -> None:
+    """A "via Redis" run must have run the send script once per send (or group_send) call.
+
+    Guards the label: if the sending layer ever delivered these messages in
+    memory, the run would fail instead of reporting in-memory rates as Redis's.
+    """
+    result = outcome.result
+    if outcome.variant != VIA_REDIS or result is None or outcome.redis_scripts is None:
+        return
+    sends = result.calls or result.messages
+    if outcome.redis_scripts < sends:
+        raise VerificationError(
+            f"via Redis: Redis ran {outcome.redis_scripts} send scripts for {sends} sends"
+            " (messages did not go through Redis)"
+        )
+
+
+def run_one(
+    case: Case, contender: Contender, variant: str, server: BenchServer, scale: float
+) -> Outcome:
+    outcome = Outcome(case, contender, variant, case.messages_for(contender, scale))
+    ctx = RunContext(contender, server.url, variant)
     try:
+        scripts_before = server.script_calls()
         outcome.result = anyio.run(run_case, case, ctx, outcome.messages, backend=contender.backend)
+        outcome.redis_scripts = server.script_calls() - scripts_before
+        check_went_through_redis(outcome)
     except Exception as exc:  # shown in the table; the exit status says it failed
         outcome.error = describe_error(exc)
     return outcome
@@ -608,29 +710,36 @@ def run_one(case: Case, contender: Contender, url: str, scale: float) -> Outcome
 
 def better(a: Outcome, b: Outcome) -> Outcome:
     """The faster of two rounds; a failed round wins, so failures are never hidden."""
-    if a.result is None or b.result is None:
-        return a if a.result is None else b
+    if a.error is not None or b.error is not None:
+        return a if a.error is not None else b
+    assert a.result is not None
+    assert b.result is not None
     return a if a.result.rate >= b.result.rate else b
 
 
 def run_all(
     server: BenchServer, cases: Sequence[Case], scale: float, repeats: int
 ) -> list[Outcome]:
-    """Run every case for every contender; rounds interleave (A B C, A B C)."""
+    """Run every case for every contender and variant; rounds interleave (A B C, A B C)."""
     outcomes: list[Outcome] = []
     for case in cases:
-        best: dict[str, Outcome] = {}
+        best: dict[tuple[str, str], Outcome] = {}
         for round_no in range(repeats):
             for contender in CONTENDERS:
-                server.reset()
-                label = f"  {case.title}: {contender.name} (round {round_no + 1}/{repeats})"
-                print(f"{label} ...", end="", file=sys.stderr, flush=True)
-                started = time.perf_counter()
-                outcome = run_one(case, contender, server.url, scale)
-                status = "ok" if outcome.error is None else f"FAILED: {outcome.error}"
-                print(f" {time.perf_counter() - started:.1f} s {status}", file=sys.stderr)
-                previous = best.get(contender.name)
-                best[contender.name] = outcome if previous is None else better(previous, outcome)
+                for variant in case.variants(contender):
+                    server.reset()
+                    label = (
+                        f"  {case.title}: {contender.name}, {variant}"
+                        f" (round {round_no + 1}/{repeats})"
+                    )
+                    print(f"{label} ...", end="", file=sys.stderr, flush=True)
+                    started = time.perf_counter()
+                    outcome = run_one(case, contender, variant, server, scale)
+                    status = "ok" if outcome.error is None else f"FAILED: {outcome.error}"
+                    print(f" {time.perf_counter() - started:.1f} s {status}", file=sys.stderr)
+                    key = (contender.name, variant)
+                    previous = best.get(key)
+                    best[key] = outcome if previous is None else better(previous, outcome)
         outcomes += best.values()
     server.reset()
     return outcomes
@@ -647,27 +756,34 @@ def notes_for(outcome: Outcome) -> str:
         notes.append(f"{result.calls / result.seconds:,.0f} group_send/s")
     if result.retries:
         notes.append(f"{result.retries:,} ChannelFull retries")
-    stats = result.layer_stats or {}
-    if stats.get("local_buffer_overflows"):
-        notes.append(f"{stats['local_buffer_overflows']} buffer overflows")
+    overflows = sum(
+        (stats or {}).get("local_buffer_overflows", 0)
+        for stats in (result.layer_stats, result.sender_stats)
+    )
+    if overflows:
+        notes.append(f"{overflows} buffer overflows")
     return ", ".join(notes)
 
 
 def table_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for outcome in outcomes:
+        # Both variants of ours are compared with the same channels_redis row.
         baseline = next(
             (
                 o.result.rate
                 for o in outcomes
-                if o.case is outcome.case and o.contender.name == CHANNELS_REDIS and o.result
+                if o.case is outcome.case
+                and o.contender.name == CHANNELS_REDIS
+                and o.result
+                and o.error is None
             ),
             None,
         )
         result = outcome.result
         delivered = outcome.messages if result is None else result.messages
-        head = (outcome.case.title, outcome.contender.name, f"{delivered:,}")
-        if result is None:
+        head = (outcome.case.title, outcome.contender.name, outcome.variant, f"{delivered:,}")
+        if result is None or outcome.error is not None:
             rows.append((*head, "FAILED", "", "", "", "", outcome.error or ""))
             continue
         ratio = f"{result.rate / baseline:.1f}x" if baseline else "n/a"
@@ -689,6 +805,7 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
     header = (
         "case",
         "layer/backend",
+        "variant",
         "messages",
         "msg/s",
         "vs cr",
@@ -702,7 +819,7 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
     lines = []
     for row in [header, *rows]:
         cells = [
-            cell.ljust(width) if i < 2 else cell.rjust(width)
+            cell.ljust(width) if i < 3 else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(row, widths, strict=False))
         ]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
@@ -711,9 +828,15 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
 
 
 NOTES: Final = f"""\
+variant: how messages get from sender to receiver. Redis: channels_redis, one layer (it always
+goes through Redis). same layer: ours, sender and receiver share one layer, which delivers to
+its own new_channel() channels in memory (group_send still reads the members from Redis).
+via Redis: ours, a second layer of ours in this process sends, so every message goes through
+Redis as between two processes (checked: one send script per send). 2 processes: all via Redis.
 msg/s: messages received per second, first send to last receive; for group_send, deliveries
 (messages x members) per second, with group_send calls per second in the notes.
-vs cr: msg/s divided by channels_redis's. Latency: receive time - send time in the message.
+vs cr: msg/s divided by channels_redis's in the same case (both variants of ours against the
+same channels_redis row). Latency: receive time - send time in the message.
 cpu us/msg: CPU time of the benchmark process(es) (sender and receiver; not redis-server) per
 message while timed: less sensitive to machine load than msg/s.
 channels_redis gets fewer messages than ours (see "messages"); rates are per message.
@@ -754,8 +877,10 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         "scenario": outcome.case.scenario,
         "case": outcome.case.title,
         "contender": outcome.contender.name,
+        "variant": outcome.variant,
         "messages": outcome.messages,
         "error": outcome.error,
+        "redis_script_calls": outcome.redis_scripts,
     }
     if result is not None:
         document |= {
@@ -767,6 +892,7 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
             "channel_full_retries": result.retries,
             "latency_seconds": {f"p{q}": result.percentile(q / 100) for q in (50, 90, 99, 100)},
             "layer_statistics": result.layer_stats,
+            "sender_layer_statistics": result.sender_stats,
         }
     return document
 
@@ -805,6 +931,17 @@ class BenchServer:
         finally:
             admin.close()
 
+    def script_calls(self) -> int:
+        """Lua script calls (EVALSHA and EVAL) the server has run since it started."""
+        admin = redis.Redis.from_url(self.url)
+        try:
+            stats = admin.info("commandstats")
+        finally:
+            admin.close()
+        return sum(
+            int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+        )
+
     def version(self) -> str:
         admin = redis.Redis.from_url(self.url)
         try:
@@ -828,7 +965,10 @@ def benchmark(server: BenchServer, args: argparse.Namespace) -> int:
         write_json(args.json, outcomes, env, args.scale, args.repeats)
     failed = [o for o in outcomes if o.error is not None]
     for outcome in failed:
-        print(f"FAILED {outcome.case.title} / {outcome.contender.name}: {outcome.error}")
+        print(
+            f"FAILED {outcome.case.title} / {outcome.contender.name}, {outcome.variant}:"
+            f" {outcome.error}"
+        )
     return 1 if failed else 0
 
 

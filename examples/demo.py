@@ -1,76 +1,313 @@
-"""A first look at the layer: a chat room in one terminal.
+"""The chat demo: two chat server processes sharing one Redis, for two browser windows.
 
-Run it with the README's demo command. With no ``REDIS_URL`` in the
-environment it starts a private redis-server (through ``anyio_layer.testing``)
-and stops it on exit; with ``REDIS_URL`` set, it uses that server.
+    python examples/demo.py                    # the Django Channels chat, served by daphne
+    python examples/demo.py --example trio     # the trio chat (anyio_layer directly)
 
-Three "users" join a room (a group), each with a scoped channel; one process
-sends to the room with ``group_send`` and every user receives every line.
-Then the same again under the other async backend, to show that the core
-runs on trio and asyncio alike, and a short throughput measurement.
+It starts a private ``redis-server`` (through ``anyio_layer.testing``) unless
+``REDIS_URL`` is set, then two server processes of a chat example on ports
+8001 and 8002, and prints the two addresses to open. A line typed in one
+window appears in the other: each server process sends it to the room's group
+in Redis, and every member of the room, on either process, receives it.
+
+Ctrl-C (SIGINT) or SIGTERM stops everything the demo started: the servers
+first, then Redis. ``--duration SECONDS`` stops after that long (for tests).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import ctypes
+import importlib.util
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
 
-import anyio
-
-from anyio_layer import open_redis_layer
-from anyio_layer.testing import RedisServer
-
-LINES = ["hello, room", "structured concurrency keeps tasks tidy", "bye"]
-
-
-async def chat(url: str) -> None:
-    async with open_redis_layer(hosts=[url], prefix="demo") as layer:
-        async with anyio.create_task_group() as users:
-
-            async def user(name: str, ready: anyio.Event) -> None:
-                async with layer.open_channel("room") as channel:
-                    ready.set()
-                    async for message in channel:
-                        print(f"  {name} got {message['text']!r}")
-                        if message["text"] == LINES[-1]:
-                            return
-
-            for name in ("ada", "bob", "cy"):
-                ready = anyio.Event()
-                users.start_soon(user, name, ready)
-                await ready.wait()
-            for text in LINES:
-                await layer.group_send("room", {"type": "chat.message", "text": text})
-
-        channel = await layer.new_channel()
-        count = 3000
-        started = time.perf_counter()
-        for i in range(count):
-            await layer.send(channel, {"type": "ping", "i": i})
-            await layer.receive(channel)
-        elapsed = time.perf_counter() - started
-        print(f"  {count / elapsed:,.0f} send+receive round trips per second")
-        stats = layer.statistics()
-        print(f"  sent {stats.messages_sent}, received {stats.messages_received}")
+EXAMPLES_DIR = Path(__file__).resolve().parent
+REPO_ROOT = EXAMPLES_DIR.parent
 
 
-def main() -> None:
-    with ExitStack() as stack:
-        url = os.environ.get("REDIS_URL")
-        if not url:
+@dataclass(frozen=True)
+class Example:
+    title: str
+    #: Modules it needs installed (all in the demo extra).
+    modules: tuple[str, ...]
+    #: Where a server process runs, and how (after ``python``; {host} and {port} filled in).
+    cwd: Path
+    command: tuple[str, ...]
+
+
+EXAMPLES = {
+    "django": Example(
+        title="Django Channels chat (daphne, channels_compat.core.RedisChannelLayer)",
+        modules=("django", "channels", "daphne"),
+        cwd=EXAMPLES_DIR / "django_chat",
+        command=(
+            "-m", "daphne", "--verbosity", "0", "-b", "{host}", "-p", "{port}",
+            "chat_project.asgi:application",
+        ),
+    ),
+    "trio": Example(
+        title="trio chat (hypercorn's trio server, anyio_layer.open_redis_layer)",
+        modules=("trio", "hypercorn"),
+        cwd=EXAMPLES_DIR / "trio_chat",
+        command=("server.py", "--quiet", "--host", "{host}", "--port", "{port}"),
+    ),
+}  # fmt: skip
+
+STARTUP_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+
+class DemoError(Exception):
+    """Something the user can fix; printed without a traceback."""
+
+
+class StopRequested:
+    """Set by SIGINT / SIGTERM; the main loop polls it (no exception in arbitrary places)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, waking early when a stop is requested."""
+        deadline = time.monotonic() + seconds
+        while not self and (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(remaining, 0.1))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Run two chat server processes sharing one Redis (a private redis-server "
+            "unless $REDIS_URL is set) and print the addresses to open in two browser "
+            "windows. Ctrl-C stops everything."
+        ),
+    )
+    parser.add_argument(
+        "--example",
+        choices=sorted(EXAMPLES),
+        default="django",
+        help="which chat example to serve (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ports",
+        type=int,
+        nargs=2,
+        default=[8001, 8002],
+        metavar="PORT",
+        help="the two servers' ports (default: 8001 8002)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop by itself after this many seconds (default: run until Ctrl-C)",
+    )
+    args = parser.parse_args(argv)
+    if args.ports[0] == args.ports[1]:
+        parser.error("--ports: the two ports must differ")
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
+    return args
+
+
+def check_installed(example: str) -> None:
+    missing = [name for name in EXAMPLES[example].modules if not importlib.util.find_spec(name)]
+    if missing:
+        raise DemoError(
+            f"the {example} example needs {', '.join(missing)}; install the demo extra:\n"
+            "    .venv/bin/pip install -e '.[demo]'"
+        )
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers do: a port whose old connections linger in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise DemoError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); use --ports"
+            ) from None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Linux: have the kernel SIGTERM the server if the demo itself is killed (SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def start_server(example: str, host: str, port: int, redis_url: str) -> subprocess.Popen[bytes]:
+    spec = EXAMPLES[example]
+    command = [sys.executable, *(part.format(host=host, port=port) for part in spec.command)]
+    env = dict(os.environ, REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
+    # channels_compat / anyio_layer come from the install; from a bare checkout, from here.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        command,
+        cwd=spec.cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        # Its own session: a Ctrl-C in the terminal reaches the demo, which stops
+        # the servers in order, rather than every process at once.
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+
+
+def stop_servers(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to all, then SIGKILL (the whole session) to those that do not exit in time."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for process in processes:
+        try:
+            process.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            print(f"server pid {process.pid} did not stop in time: killing it", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_until_listening(
+    process: subprocess.Popen[bytes], host: str, port: int, stop: StopRequested
+) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not stop:
+        if process.poll() is not None:
+            raise DemoError(f"the server for port {port} exited with status {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"the server for port {port} did not start in {STARTUP_TIMEOUT:g} s")
+        stop.sleep(0.1)
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Block SIGINT while starting redis-server, which inherits the blocked signal.
+
+    A Ctrl-C in the terminal is sent to every process of the foreground group,
+    and redis-server shares ours. Were it to stop at once, the chat servers
+    would lose Redis while they are still closing their websockets. With SIGINT
+    blocked it ignores the Ctrl-C, and the demo stops it (SIGTERM) after the
+    servers. A Ctrl-C that arrives meanwhile is delivered to the demo afterwards.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def redis() -> Iterator[str]:
+    """``$REDIS_URL``, or a private redis-server for the duration of the block."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        print(f"using Redis at {url} ($REDIS_URL)")
+        yield url
+        return
+    from anyio_layer.testing import RedisServer, RedisServerError
+
+    try:
+        with sigint_blocked():
             server = RedisServer.launch()
-            stack.callback(server.close)
-            url = server.url
-            version = ".".join(map(str, server.version))
-            print(f"started a private redis-server {version} at {url}")
-        for backend in ("asyncio", "trio"):
-            print(f"\n{backend}:")
-            anyio.run(chat, url, backend=backend)
+    except (FileNotFoundError, RedisServerError) as exc:
+        raise DemoError(str(exc)) from None
+    try:
+        version = ".".join(map(str, server.version))
+        print(f"started a private redis-server {version} at {server.url} (pid {server.pid})")
+        yield server.url
+    finally:
+        server.close()
+
+
+def run(args: argparse.Namespace, stop: StopRequested) -> None:
+    example = args.example
+    check_installed(example)
+    for port in args.ports:
+        check_port_free(args.host, port)
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(redis())
+        if stop:
+            return
+        print(f"starting two servers of the {EXAMPLES[example].title}")
+        processes: list[subprocess.Popen[bytes]] = []
+        stack.callback(stop_servers, processes)  # before Redis is stopped
+        servers = []
+        for port in args.ports:
+            process = start_server(example, args.host, port, redis_url)
+            processes.append(process)
+            servers.append((process, port))
+        for process, port in servers:
+            wait_until_listening(process, args.host, port, stop)
+        if stop:
+            return
+        urls = [f"http://{args.host}:{port}/" for port in args.ports]
+        for (process, _), url in zip(servers, urls, strict=True):
+            print(f"  {url}  (pid {process.pid})")
+        print(
+            f"\nopen {urls[0]} and {urls[1]} in two windows: a line typed in one appears in\n"
+            f"the other (rooms: {urls[0]}room/<name>/). Press Ctrl-C to stop.",
+            flush=True,
+        )
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while not stop:
+            for process, port in servers:
+                if process.poll() is not None:
+                    raise DemoError(
+                        f"the server on port {port} exited with status {process.returncode}"
+                    )
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            stop.sleep(0.2)
+        print("\nstopping...", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop = StopRequested()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop.handler)
+    try:
+        run(args, stop)
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout.flush()
+    print("stopped" + (f" ({stop.signal})" if stop else ""), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
     try:
-        main()
-    except KeyboardInterrupt:
-        print("\nstopped")
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed: nothing to stop
+        sys.exit(130)

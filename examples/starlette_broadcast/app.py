@@ -1,0 +1,174 @@
+"""Starlette on the channel layer: a websocket chat plus an HTTP endpoint that broadcasts.
+
+    cd examples/starlette_broadcast
+    REDIS_URL=redis://127.0.0.1:6379 uvicorn app:app --port 8001                        # asyncio
+    REDIS_URL=redis://127.0.0.1:6379 hypercorn --worker-class trio -b 127.0.0.1:8002 app:app  # trio
+
+    curl -X POST -H 'content-type: application/json' -d '{"text": "hello, room"}' \\
+        http://127.0.0.1:8001/broadcast/lobby
+
+The same code runs under asyncio (uvicorn, or hypercorn's default worker) and
+trio (hypercorn's trio worker) because the layer and Starlette are written
+against anyio.
+
+* The layer is opened once per process, in the app's **lifespan**, and handed
+  to the endpoints through the lifespan state (``request.state.layer``).
+* ``/ws/chat/<room>/``: a websocket joins its room with the scoped helper
+  ``layer.open_channel(room)``, which leaves the room however the socket ends.
+  What the browser sends goes to everyone in the room, on every process.
+* ``POST /broadcast/<room>`` with ``{"text": ..., "user": ...}``: a
+  ``group_send`` to the room, from any process, e.g. a backend job.
+* ``/`` and ``/room/<room>/``: the chat page, as in the Django and trio examples
+  (same wire format, so servers of all three examples can share rooms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from anyio_layer import LayerChannel, QueueLayer, RedisError, open_redis_layer
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+PAGE = Path(__file__).with_name("chat.html").read_text()
+ROOM = re.compile(r"[-A-Za-z0-9_.]{1,80}")
+MAX_TEXT = 1000
+MAX_USER = 40
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    """Open the layer for as long as the server runs; its tasks live in this block."""
+    async with open_redis_layer(hosts=[REDIS_URL]) as layer:
+        yield {"layer": layer}
+
+
+def chat_message(room: str, user: object, text: str, server: str) -> dict[str, Any]:
+    """The channel-layer message for one line said in ``room`` (shared by all examples)."""
+    return {
+        "type": "chat.message",
+        "room": room,
+        "user": str(user or "anonymous").strip()[:MAX_USER],
+        "text": text.strip()[:MAX_TEXT],
+        "server": server,
+    }
+
+
+def server_label(scope: Mapping[str, Any]) -> str:
+    host, port = scope.get("server") or ("?", 0)
+    return f"starlette pid {os.getpid()} on {host}:{port}"
+
+
+async def page(request: Request) -> Response:
+    room = request.path_params.get("room", "lobby")
+    if not ROOM.fullmatch(room):
+        return PlainTextResponse("not found\n", status_code=404)
+    return HTMLResponse(PAGE)
+
+
+async def broadcast(request: Request) -> Response:
+    """``POST /broadcast/<room>``: send ``{"text": ..., "user": ...}`` to everyone in the room."""
+    room = request.path_params["room"]
+    if not ROOM.fullmatch(room):
+        return JSONResponse({"error": "invalid room name"}, status_code=404)
+    try:
+        content = json.loads(await request.body())
+    except ValueError:
+        content = None
+    if not isinstance(content, dict) or not str(content.get("text") or "").strip():
+        return JSONResponse({"error": 'send JSON like {"text": "hello"}'}, status_code=400)
+    layer: QueueLayer = request.state.layer
+    message = chat_message(
+        room, content.get("user") or "broadcast", str(content["text"]), server_label(request.scope)
+    )
+    try:
+        await layer.group_send(f"chat.{room}", message)
+    except RedisError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+    return JSONResponse({"room": room, "sent": message["text"]}, status_code=202)
+
+
+async def chat_socket(websocket: WebSocket) -> None:
+    room = websocket.path_params["room"]
+    if not ROOM.fullmatch(room):
+        await websocket.close(code=4404)
+        return
+    layer: QueueLayer = websocket.state.layer
+    server = server_label(websocket.scope)
+    joined = False
+    try:
+        async with layer.open_channel(f"chat.{room}") as channel:
+            joined = True
+            await websocket.accept()
+            await websocket.send_json({"type": "joined", "room": room, "server": server})
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(relay_room, websocket, channel)
+                await relay_client(websocket, layer, room, server)
+                tasks.cancel_scope.cancel()  # the browser left: stop relaying the room
+    except RedisError as exc:
+        if joined:
+            raise
+        # Redis is unreachable: say so in the page's log, then close with an
+        # application code (4000-4999), the same in every example.
+        await websocket.accept()
+        await websocket.send_json({"type": "error", "text": f"cannot join the room: {exc}"})
+        await websocket.close(code=4500)
+
+
+async def relay_client(websocket: WebSocket, layer: QueueLayer, room: str, server: str) -> None:
+    """Send what the browser types to the room, until it disconnects."""
+    while True:
+        event = await websocket.receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        try:
+            content = json.loads(event.get("text") or event.get("bytes") or b"")
+        except ValueError:
+            continue  # not JSON: ignore it
+        if not isinstance(content, dict) or not isinstance(content.get("text"), str):
+            continue
+        if not content["text"].strip():
+            continue
+        message = chat_message(room, content.get("user"), content["text"], server)
+        try:
+            await layer.group_send(f"chat.{room}", message)
+        except RedisError as exc:  # Redis is unreachable: tell this user, keep the socket
+            await websocket.send_json({"type": "error", "text": f"not sent: {exc}"})
+
+
+async def relay_room(websocket: WebSocket, channel: LayerChannel) -> None:
+    """Send every line said in the room, by anyone on any process, to the browser."""
+    async for message in channel:
+        if message.get("type") == "chat.message":
+            await websocket.send_json(
+                {
+                    "type": "message",
+                    "room": message.get("room", "?"),
+                    "user": message.get("user", "?"),
+                    "text": message.get("text", ""),
+                    "server": message.get("server", "?"),
+                }
+            )
+
+
+app = Starlette(
+    routes=[
+        Route("/", page),
+        Route("/room/{room}/", page),
+        Route("/broadcast/{room}", broadcast, methods=["POST"]),
+        WebSocketRoute("/ws/chat/{room}/", chat_socket),
+    ],
+    lifespan=lifespan,
+)

@@ -1,0 +1,202 @@
+"""A trio-native chat server on the channel layer: rooms shared by any number of processes.
+
+    REDIS_URL=redis://127.0.0.1:6379 python examples/trio_chat/server.py --port 8001
+    REDIS_URL=redis://127.0.0.1:6379 python examples/trio_chat/server.py --port 8002
+
+Open http://127.0.0.1:8001/ and http://127.0.0.1:8002/: people connected to
+either process chat together, because every process sends each line to the
+room's group in Redis and receives the room's lines from it.
+
+The structure is plain trio, no framework: :func:`main` opens the layer
+**once** (``async with open_redis_layer(...)``) and serves a tiny ASGI
+application with hypercorn's trio server inside that block. Each websocket
+joins its room with ``layer.open_channel(room)`` (left automatically when the
+socket closes, however it closes) and runs two tasks in a nursery: one relays
+what the browser types to the room, one relays the room to the browser.
+SIGINT or SIGTERM closes every websocket with code 1001 ("going away"), stops
+the server and then the layer, in that order.
+
+The wire format is the Django example's, so a room can even span servers of
+both examples (use the same Redis and the default ``prefix``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from anyio_layer import LayerChannel, QueueLayer, RedisError, open_redis_layer
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+PAGE = (Path(__file__).with_name("chat.html")).read_bytes()
+ROOM = r"(?P<room>[-A-Za-z0-9_.]{1,80})"
+PAGE_PATH = re.compile(rf"/|/room/{ROOM}/")
+SOCKET_PATH = re.compile(rf"/ws/chat/{ROOM}/")
+MAX_TEXT = 1000
+MAX_USER = 40
+
+
+class ChatApp:
+    """The ASGI application: the page over HTTP, the chat over websockets."""
+
+    def __init__(self, layer: QueueLayer, stopping: trio.Event) -> None:
+        self.layer = layer
+        self.stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self.websocket(scope, receive, send)
+        elif scope["type"] == "lifespan":  # nothing to set up: main() owns the layer
+            while True:
+                event = await receive()
+                if event["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif event["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in ("GET", "HEAD") and PAGE_PATH.fullmatch(scope["path"]):
+            status, body, content_type = 200, PAGE, b"text/html; charset=utf-8"
+        else:
+            status, body, content_type = 404, b"not found\n", b"text/plain"
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        match = SOCKET_PATH.fullmatch(scope["path"])
+        if match is None:
+            await send({"type": "websocket.close", "code": 4404})
+            return
+        room = match["room"]
+        host, port = scope.get("server") or ("?", 0)
+        server = f"trio pid {os.getpid()} on {host}:{port}"
+
+        async def send_json(event: dict[str, Any]) -> None:
+            await send({"type": "websocket.send", "text": json.dumps(event)})
+
+        joined = False
+        try:
+            async with self.layer.open_channel(f"chat.{room}") as channel:
+                joined = True
+                await send({"type": "websocket.accept"})
+                await send_json({"type": "joined", "room": room, "server": server})
+                client_left = False
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.relay_room, channel, send_json)
+                    nursery.start_soon(self.cancel_when_stopping, nursery.cancel_scope)
+                    client_left = await self.relay_client(room, server, receive, send_json)
+                    nursery.cancel_scope.cancel()
+                if not client_left:  # the server is stopping
+                    await send({"type": "websocket.close", "code": 1001})
+        except RedisError as exc:
+            if joined:
+                raise
+            # Redis is unreachable: say so in the page's log, then close with an
+            # application code (4000-4999), the same in every example.
+            await send({"type": "websocket.accept"})
+            await send_json({"type": "error", "text": f"cannot join the room: {exc}"})
+            await send({"type": "websocket.close", "code": 4500})
+
+    async def relay_client(self, room: str, server: str, receive: Receive, send_json: Send) -> bool:
+        """Send what the browser types to the room; return True when the browser leaves."""
+        while True:
+            event = await receive()
+            if event["type"] == "websocket.disconnect":
+                return True
+            try:
+                content = json.loads(event.get("text") or event.get("bytes") or b"")
+            except ValueError:
+                continue  # not JSON: ignore it
+            if not isinstance(content, dict) or not isinstance(content.get("text"), str):
+                continue
+            text = content["text"].strip()[:MAX_TEXT]
+            user = str(content.get("user") or "anonymous").strip()[:MAX_USER]
+            if not text:
+                continue
+            message = {"type": "chat.message", "room": room, "user": user, "text": text}
+            try:
+                await self.layer.group_send(f"chat.{room}", {**message, "server": server})
+            except RedisError as exc:  # Redis is unreachable: tell this user, keep the socket
+                await send_json({"type": "error", "text": f"not sent: {exc}"})
+
+    async def relay_room(self, channel: LayerChannel, send_json: Send) -> None:
+        """Send every line said in the room, by anyone on any process, to the browser."""
+        async for message in channel:
+            if message.get("type") == "chat.message":
+                await send_json(
+                    {
+                        "type": "message",
+                        "room": message.get("room", "?"),
+                        "user": message.get("user", "?"),
+                        "text": message.get("text", ""),
+                        "server": message.get("server", "?"),
+                    }
+                )
+
+    async def cancel_when_stopping(self, scope: trio.CancelScope) -> None:
+        await self.stopping.wait()
+        scope.cancel()
+
+
+async def stop_on_signals(stopping: trio.Event, quiet: bool) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not quiet:
+                print(f"{signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
+            stopping.set()
+            return
+
+
+async def main(host: str, port: int, redis_url: str, quiet: bool = False) -> None:
+    stopping = trio.Event()
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.graceful_timeout = 5.0
+    config.loglevel = "WARNING" if quiet else "INFO"
+    async with open_redis_layer(hosts=[redis_url]) as layer, trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signals, stopping, quiet)
+        await serve(ChatApp(layer, stopping), config, shutdown_trigger=stopping.wait)
+        nursery.cancel_scope.cancel()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default %(default)s)")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"),
+        help="the Redis server all processes share (default: $REDIS_URL, else %(default)s)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    try:
+        trio.run(main, args.host, args.port, args.redis_url, args.quiet)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
+        pass

@@ -18,13 +18,10 @@ expect: :class:`channels.exceptions.ChannelFull` at capacity, ``TypeError``
 from __future__ import annotations
 
 import itertools
-from typing import Any, ClassVar
-
-from channels.layers import BaseChannelLayer
+from typing import Any
 
 from anyio_layer._config import CapacityRules
 from anyio_layer._hosts import parse_hosts
-from anyio_layer._routing import consistent_hash
 from anyio_layer.names import random_client_prefix
 from anyio_layer.queue_layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -34,13 +31,13 @@ from anyio_layer.queue_layer import (
 )
 from anyio_layer.serializers import registry
 
-from ._errors import channels_errors
+from ._base import CoreLayerAdapter
 from ._runtime import LoopRuntime
 
 __all__ = ["RedisChannelLayer"]
 
 
-class RedisChannelLayer(BaseChannelLayer):
+class RedisChannelLayer(CoreLayerAdapter[QueueLayer]):
     """The sorted-set channel layer, with channels_redis's options and behaviour.
 
     Internally there is one core :class:`~anyio_layer.queue_layer.QueueLayer`
@@ -51,8 +48,6 @@ class RedisChannelLayer(BaseChannelLayer):
     another, while loops receiving at the same time never read each other's
     Redis key.
     """
-
-    extensions: ClassVar[list[str]] = ["groups", "flush"]
 
     def __init__(
         self,
@@ -102,56 +97,9 @@ class RedisChannelLayer(BaseChannelLayer):
             )
         )
 
-    # -- channel layer API ----------------------------------------------------------
-
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Send a message onto a channel; raises ChannelFull at capacity."""
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.send(channel, message)
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        """Receive the first message on the channel; safe to cancel at any moment."""
-        layer = await self._runtime.layer()
-        with channels_errors():
-            return await layer.receive(channel)
-
     async def new_channel(self, prefix: str = "specific") -> str:
-        """A new process-specific channel name."""
-        layer = await self._runtime.layer()
-        with channels_errors():
-            return await layer.new_channel(prefix)
-
-    async def group_add(self, group: str, channel: str) -> None:
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.group_add(group, channel)
-
-    async def group_discard(self, group: str, channel: str) -> None:
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.group_discard(group, channel)
-
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.group_send(group, message)
-
-    async def flush(self) -> None:
-        """Delete every message and group under this prefix (SCAN, never KEYS)."""
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.flush()
-
-    # -- helpers channels_redis users call ----------------------------------------------
-
-    async def close_pools(self) -> None:
-        """Close this event loop's connections (they reopen on next use)."""
-        await self._runtime.close()
-
-    async def close(self) -> None:
-        """Close this event loop's core layer and its connections."""
-        await self._runtime.close()
+        """A new process-specific channel name (``<prefix>.<client_prefix>-<n>!<hex>``)."""
+        return await self._new_channel(prefix)
 
     async def wait_received(self) -> None:
         """channels_redis API; nothing to wait for here (no detached cleaners)."""
@@ -159,19 +107,7 @@ class RedisChannelLayer(BaseChannelLayer):
     def get_capacity(self, channel: str) -> int:
         return self._capacities.for_channel(channel)
 
-    def consistent_hash(self, value: str) -> int:
-        return consistent_hash(value, self.ring_size)
-
-    def serialize(self, message: dict[str, Any]) -> bytes:
-        return self._serializer.serialize(message)
-
-    def deserialize(self, message: bytes) -> Any:
-        return self._serializer.deserialize(message)
-
     def statistics(self) -> LayerStatistics | None:
-        """The current loop's core layer statistics, or None if it is not open."""
+        """The current loop's core layer statistics, or None if none is open."""
         layer = self._runtime.current()
         return None if layer is None else layer.statistics()
-
-    def __str__(self) -> str:
-        return f"{self.__class__.__name__}(hosts={self.hosts})"

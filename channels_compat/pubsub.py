@@ -30,12 +30,9 @@ Differences that matter, all in the user's favour:
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
-
-from channels.layers import BaseChannelLayer
+from typing import Any
 
 from anyio_layer._hosts import parse_hosts
-from anyio_layer._routing import consistent_hash
 from anyio_layer.exceptions import ConfigurationError
 from anyio_layer.pubsub_layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -45,7 +42,7 @@ from anyio_layer.pubsub_layer import (
 )
 from anyio_layer.serializers import registry
 
-from ._errors import channels_errors
+from ._base import CoreLayerAdapter
 from ._runtime import LoopRuntime
 
 __all__ = ["RedisPubSubChannelLayer"]
@@ -59,10 +56,8 @@ _QUEUE_ONLY_OPTIONS = frozenset(
 )
 
 
-class RedisPubSubChannelLayer(BaseChannelLayer):
+class RedisPubSubChannelLayer(CoreLayerAdapter[PubSubLayer]):
     """The pub/sub channel layer, with channels_redis's options and naming."""
-
-    extensions: ClassVar[list[str]] = ["groups", "flush"]
 
     def __init__(
         self,
@@ -90,6 +85,7 @@ class RedisPubSubChannelLayer(BaseChannelLayer):
             )
         self._hosts = parse_hosts(hosts)
         self.hosts = hosts
+        self.ring_size = len(self._hosts)
         self.prefix = prefix
         self.on_disconnect = on_disconnect
         self.on_reconnect = on_reconnect
@@ -109,47 +105,9 @@ class RedisPubSubChannelLayer(BaseChannelLayer):
         }
         self._runtime: LoopRuntime[PubSubLayer] = LoopRuntime(lambda: open_pubsub_layer(**options))
 
-    # -- channel layer API ----------------------------------------------------------
-
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.send(channel, message)
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        """Receive from a channel, subscribing it first if this process does not yet.
-
-        Cancelling loses nothing; the channel is unsubscribed only once it has
-        had no receiver for ``channel_close_delay`` seconds.
-        """
-        layer = await self._runtime.layer()
-        with channels_errors():
-            return await layer.receive(channel)
-
     async def new_channel(self, prefix: str = "specific.") -> str:
-        layer = await self._runtime.layer()
-        with channels_errors():
-            return await layer.new_channel(prefix)
-
-    async def group_add(self, group: str, channel: str) -> None:
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.group_add(group, channel)
-
-    async def group_discard(self, group: str, channel: str) -> None:
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.group_discard(group, channel)
-
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        layer = await self._runtime.layer()
-        with channels_errors():
-            await layer.group_send(group, message)
-
-    async def flush(self) -> None:
-        """Unsubscribe everything this process listens to and forget it."""
-        layer = await self._runtime.layer()
-        await layer.flush()
+        """A new channel (``prefix`` + ``prefix`` argument + 32 hex digits), already subscribed."""
+        return await self._new_channel(prefix)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -158,26 +116,7 @@ class RedisPubSubChannelLayer(BaseChannelLayer):
         layer = await self._runtime.layer()
         await layer.close_channel(channel)
 
-    async def close_pools(self) -> None:
-        await self._runtime.close()
-
-    async def close(self) -> None:
-        """Close this event loop's core layer and its connections."""
-        await self._runtime.close()
-
-    def consistent_hash(self, value: str) -> int:
-        return consistent_hash(value, len(self._hosts))
-
-    def serialize(self, message: dict[str, Any]) -> bytes:
-        return self._serializer.serialize(message)
-
-    def deserialize(self, message: bytes) -> Any:
-        return self._serializer.deserialize(message)
-
     def statistics(self) -> PubSubStatistics | None:
-        """The current loop's core layer statistics, or None if it is not open."""
+        """The current loop's core layer statistics, or None if none is open."""
         layer = self._runtime.current()
         return None if layer is None else layer.statistics()
-
-    def __str__(self) -> str:
-        return f"{self.__class__.__name__}(hosts={self.hosts})"

@@ -42,7 +42,7 @@ from starlette.websockets import WebSocket
 from anyio_layer import LayerChannel, QueueLayer, RedisError, open_redis_layer
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-PAGE = Path(__file__).with_name("chat.html").read_text()
+PAGE = (Path(__file__).parent.parent / "chat.html").read_text()  # shared by the examples
 ROOM = re.compile(r"[-A-Za-z0-9_.]{1,80}")
 MAX_TEXT = 1000
 MAX_USER = 40

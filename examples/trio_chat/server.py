@@ -42,7 +42,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-PAGE = (Path(__file__).with_name("chat.html")).read_bytes()
+PAGE = (Path(__file__).parent.parent / "chat.html").read_bytes()  # shared by the examples
 ROOM = r"(?P<room>[-A-Za-z0-9_.]{1,80})"
 PAGE_PATH = re.compile(rf"/|/room/{ROOM}/")
 SOCKET_PATH = re.compile(rf"/ws/chat/{ROOM}/")

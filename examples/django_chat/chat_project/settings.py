@@ -12,6 +12,7 @@ Environment variables:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 
@@ -33,5 +34,11 @@ MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "chat_project.urls"
 ASGI_APPLICATION = "chat_project.asgi.application"
 DATABASES: dict[str, dict[str, str]] = {}
-TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
+# The chat page is shared by the three examples: examples/chat.html.
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [Path(__file__).resolve().parent.parent.parent],
+    }
+]
 USE_TZ = True

@@ -6,7 +6,7 @@ from chat.routing import ROOM_NAME
 from django.urls import re_path
 from django.views.generic import TemplateView
 
-page = TemplateView.as_view(template_name="chat/index.html")
+page = TemplateView.as_view(template_name="chat.html")
 
 urlpatterns = [
     re_path(r"^$", page, name="lobby"),

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Iterator, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Final, TypeAlias
 
 import anyio
 import anyio.abc
@@ -39,12 +39,15 @@ from .exceptions import (
     ResponseError,
 )
 
-__all__ = ["Connection", "connect", "raise_for_reply", "translate_io_errors"]
+__all__ = ["Connection", "OpenStream", "connect", "raise_for_reply", "translate_io_errors"]
 
 READ_SIZE: Final = 256 * 1024
 
 # Error codes that mean "your credentials were refused" (Redis 6 and 7 wording).
 _AUTH_CODES: Final = frozenset({"WRONGPASS", "NOAUTH", "NOPERM"})
+
+#: Opens the byte stream to a server that :func:`connect` runs the handshake over.
+OpenStream: TypeAlias = Callable[[ServerConfig], Awaitable[anyio.abc.ByteStream]]
 
 
 def raise_for_reply(reply: object) -> object:
@@ -157,7 +160,11 @@ class Connection:
 
 
 async def connect(
-    server: ServerConfig, *, client_name: str | None = None, check_role: bool = False
+    server: ServerConfig,
+    *,
+    client_name: str | None = None,
+    check_role: bool = False,
+    open_stream: OpenStream | None = None,
 ) -> Connection:
     """Open a connection to ``server`` and perform the handshake.
 
@@ -165,12 +172,18 @@ async def connect(
     ``check_role`` is set) is written in one go and costs one round trip. The
     whole of it, connect included, is bounded by the server's
     ``socket_connect_timeout``.
+
+    ``open_stream`` replaces how the stream is opened (by default anyio's TCP,
+    TLS or Unix-socket stream); it must turn I/O failures into
+    :class:`RedisConnectionError` like :func:`translate_io_errors`. The asyncio
+    fast path of :mod:`anyio_layer._asyncio_pipeline` passes its own, so its
+    handshake is this very code.
     """
     options = server.options
     timeout = options.socket_connect_timeout
     try:
         with anyio.fail_after(timeout):
-            stream = await _open_stream(server)
+            stream = await (open_stream or _open_stream)(server)
             connection = Connection(stream, server)
             try:
                 await _handshake(connection, client_name or options.client_name, check_role)

@@ -6,7 +6,10 @@ write is in progress, writes the whole outbox itself; commands issued while a
 write is in progress are written together by that writer. A reader task
 (in the pool's task group) matches replies to callers in FIFO order. This is
 where the speed comes from: fifty concurrent senders cost a handful of
-syscalls, not fifty round trips.
+syscalls, not fifty round trips. Under asyncio, the shared connection runs on
+an ``asyncio.Protocol`` instead (:mod:`anyio_layer._asyncio_pipeline`: same
+interface and contract, without anyio's stream machinery and reader task);
+trio, and the dedicated connections below, use anyio streams.
 
 Blocking commands (``BZPOPMIN``) and subscribers get **dedicated
 connections**, lent to one task at a time by :meth:`ConnectionPool.connection`.
@@ -15,8 +18,8 @@ Cancellation contract (tested in ``tests/test_cancellation_connection.py``):
 
 * A cancelled caller never leaves a reply for someone else. On the pipelined
   connection the reader still consumes the abandoned reply and drops it, so
-  later replies stay matched; writes are shielded, so a cancelled caller never
-  leaves half a command on the wire.
+  later replies stay matched; writes are shielded (on asyncio, synchronous),
+  so a cancelled caller never leaves half a command on the wire.
 * A dedicated connection whose request was interrupted is closed, never
   reused, unless its reply could be accounted for (see
   :meth:`ConnectionPool.execute_blocking`).
@@ -42,13 +45,14 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._connection import Connection, connect, raise_for_reply
+from ._asyncio_pipeline import open_asyncio_pipeline, running_on_asyncio
+from ._connection import Connection, OpenStream, connect, raise_for_reply
 from ._hosts import DEFAULT_HOST, HostConfig, SentinelConfig, ServerConfig, TCPAddress, parse_host
 from ._resp import Arg, ErrorReply, encode_command, encode_commands
 from ._scripts import Script
@@ -99,6 +103,21 @@ class _Request:
         self.replies: list[object] = []
         self.event = anyio.Event()
         self.error: BaseException | None = None
+
+
+class _SharedPipeline(Protocol):
+    """What the pool needs of its shared connection: ``_Pipeline`` or ``AsyncioPipeline``."""
+
+    @property
+    def connection(self) -> Connection: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def pending(self) -> int: ...
+    async def request(
+        self, payload: bytes, expected: int, deadline: float | None
+    ) -> list[object]: ...
+    async def close(self, error: BaseException) -> None: ...
 
 
 class _Pipeline:
@@ -206,7 +225,7 @@ class ConnectionPool:
         self._task_group = task_group
         self._client_name = config.options.client_name
         self._resolved: ServerConfig | None = config if isinstance(config, ServerConfig) else None
-        self._pipeline: _Pipeline | None = None
+        self._pipeline: _SharedPipeline | None = None
         self._pipeline_lock = anyio.Lock()
         self._idle: deque[Connection] = deque()
         self._open: set[Connection] = set()
@@ -361,19 +380,26 @@ class ConnectionPool:
             await pipeline.close(RedisConnectionError("the primary was demoted to a replica"))
         return replies
 
-    async def _connect_pipeline(self) -> _Pipeline:
+    async def _connect_pipeline(self) -> _SharedPipeline:
         self._check_open()
         async with self._pipeline_lock:
             pipeline = self._pipeline
             if pipeline is not None and not pipeline.closed:
                 return pipeline
+            if running_on_asyncio():
+                # The asyncio fast path: an asyncio.Protocol, no reader task.
+                pipeline = await open_asyncio_pipeline(self._connect, self._pipeline_closed)
+                self._pipeline = pipeline
+                return pipeline
             connection = await self._connect()
-            pipeline = _Pipeline(connection, self._pipeline_closed)
-            self._pipeline = pipeline
-            self._task_group.start_soon(pipeline.read_loop, name=f"redis reader {self.config}")
-            return pipeline
+            anyio_pipeline = _Pipeline(connection, self._pipeline_closed)
+            self._pipeline = anyio_pipeline
+            self._task_group.start_soon(
+                anyio_pipeline.read_loop, name=f"redis reader {self.config}"
+            )
+            return anyio_pipeline
 
-    def _pipeline_closed(self, pipeline: _Pipeline) -> None:
+    def _pipeline_closed(self, pipeline: _SharedPipeline) -> None:
         self._forget(pipeline.connection)
         if not self._closed:
             self._connection_lost()
@@ -410,8 +436,11 @@ class ConnectionPool:
             self._open.discard(connection)
             self._closed_count += 1
 
-    async def _connect(self) -> Connection:
-        """Open a connection (with Sentinel discovery), honouring the back-off window."""
+    async def _connect(self, open_stream: OpenStream | None = None) -> Connection:
+        """Open a connection (with Sentinel discovery), honouring the back-off window.
+
+        ``open_stream`` is passed on to :func:`~anyio_layer._connection.connect`.
+        """
         self._check_open()
         now = anyio.current_time()
         if now < self._retry_at and self._last_error is not None:
@@ -424,6 +453,7 @@ class ConnectionPool:
                 server,
                 client_name=self._client_name,
                 check_role=isinstance(self.config, SentinelConfig),
+                open_stream=open_stream,
             )
         except RedisConnectionError as exc:
             self._connect_failures += 1

@@ -629,5 +629,6 @@ async def test_cancelled_sends_are_all_or_nothing_and_keep_the_connection_usable
         # Nothing but the pipelined connection and dedicated ones for blocking pops was opened.
         assert pool._pipeline is pipeline
         assert pool.statistics().connections_opened - opened <= 2  # readers' / receiver's
-    assert outcomes["cancelled"] > 100, outcomes
+    # Fewer sends get cancelled the faster they are: enough to exercise it.
+    assert outcomes["cancelled"] > 40, outcomes
     assert outcomes["completed"] > 100, outcomes

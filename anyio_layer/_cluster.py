@@ -73,10 +73,10 @@ from typing import Final, TypeVar
 import anyio
 import anyio.abc
 
-from ._connection import Connection, raise_for_reply
+from ._connection import raise_for_reply
 from ._hosts import ConnectionOptions, SentinelConfig, ServerConfig, TCPAddress, parse_host
 from ._pool import ConnectionPool, PoolStatistics, open_pool
-from ._resp import Arg, ErrorReply, encode_commands
+from ._resp import Arg, ErrorReply
 from ._scripts import Script
 from ._tasks import open_service_task_group
 from .exceptions import (
@@ -111,9 +111,6 @@ _RETRY_CODES: Final = frozenset({"TRYAGAIN", "CLUSTERDOWN", "LOADING"})
 _NO_FAILURES: Final[dict[TCPAddress, Exception]] = {}  # never mutated
 _MIN_BACKOFF: Final = 0.02
 _MAX_BACKOFF: Final = 0.5
-#: How long cancellation cleanup of a blocking command may take (as in the pool).
-_UNBLOCK_TIMEOUT: Final = 2.0
-_UNBLOCK_RETRY: Final = 0.05
 
 _K = TypeVar("_K", bound=Arg)
 
@@ -517,9 +514,11 @@ class ClusterClient:
             address = ask or self._route(slot)
             try:
                 pool = await self._pool(address)
-                if ask is None:
-                    return await pool.execute_blocking(*args, on_cancelled_reply=on_cancelled_reply)
-                return await self._blocking_after_ask(pool, args, on_cancelled_reply)
+                return await pool.execute_blocking(
+                    *args,
+                    on_cancelled_reply=on_cancelled_reply,
+                    prelude=[] if ask is None else [_ASKING],
+                )
             except ResponseError as exc:
                 error = ErrorReply(exc.message)
                 if error.code in ("MOVED", "ASK"):
@@ -811,31 +810,6 @@ class ClusterClient:
             with contextlib.suppress(RedisConnectionError):
                 await self._refresh(force=False)
 
-    # -- blocking commands after ASK --------------------------------------------------------
-
-    async def _blocking_after_ask(
-        self,
-        pool: ConnectionPool,
-        args: Sequence[Arg],
-        on_cancelled_reply: Callable[[object], Awaitable[None]] | None,
-    ) -> object:
-        """``ASKING`` + a blocking command on one dedicated connection of ``pool``."""
-        async with pool.connection() as connection:
-            await connection.send(encode_commands([_ASKING, args]))
-            connection.broken = True  # until both replies are read
-            unread = 2
-            try:
-                await connection.read_reply()
-                unread = 1
-                reply = await connection.read_reply()
-            except anyio.get_cancelled_exc_class():
-                if on_cancelled_reply is not None:
-                    with anyio.move_on_after(_UNBLOCK_TIMEOUT, shield=True):
-                        await _recover_blocked(pool, connection, unread, on_cancelled_reply)
-                raise
-            connection.broken = False
-            return raise_for_reply(reply)
-
     # -- topology -----------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -1009,35 +983,6 @@ def _arg_text(value: Arg) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "replace")
     return str(value)
-
-
-async def _recover_blocked(
-    pool: ConnectionPool,
-    connection: Connection,
-    unread: int,
-    on_reply: Callable[[object], Awaitable[None]],
-) -> None:
-    """Unblock a dedicated connection whose caller went away, and account for its reply.
-
-    ``unread`` is 2 if not even the ``ASKING`` reply was read yet. Mirrors
-    the pool's own recovery for :meth:`ConnectionPool.execute_blocking`.
-    """
-    try:
-        if unread == 2:
-            await connection.read_reply()  # ASKING's +OK comes at once
-        while True:
-            if await pool.execute("CLIENT", "UNBLOCK", connection.client_id):
-                reply = await connection.read_reply()  # nil, or what it popped
-                break
-            # Not blocked: it answered already, or the server has not read it yet.
-            with anyio.move_on_after(_UNBLOCK_RETRY):
-                reply = await connection.read_reply()
-                break
-    except (RedisError, LayerClosedError):
-        return  # the connection stays broken and is closed
-    connection.broken = False
-    if reply is not None and not isinstance(reply, ErrorReply):
-        await on_reply(reply)
 
 
 def _seed_configs(seeds: object) -> list[ServerConfig]:

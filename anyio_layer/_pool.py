@@ -283,9 +283,16 @@ class ConnectionPool:
         return raise_for_reply(reply)
 
     async def execute_blocking(
-        self, *args: Arg, on_cancelled_reply: Callable[[object], Awaitable[None]] | None = None
+        self,
+        *args: Arg,
+        on_cancelled_reply: Callable[[object], Awaitable[None]] | None = None,
+        prelude: Sequence[Sequence[Arg]] = (),
     ) -> object:
         """Run a blocking command (``BZPOPMIN``, ``BLPOP``, ...) on a dedicated connection.
+
+        ``prelude`` commands (e.g. ``ASKING`` in a cluster) are written in the
+        same round trip, just before it; the first error reply among them is
+        raised once every reply is read.
 
         If the call is cancelled while the command is blocked, and
         ``on_cancelled_reply`` is given, the server is told to unblock the
@@ -299,16 +306,23 @@ class ConnectionPool:
         client.
         """
         async with self.connection() as connection:
-            await connection.send(encode_command(args))
-            connection.broken = True  # until the reply is read
+            await connection.send(encode_commands([*prelude, args]))
+            connection.broken = True  # until every reply is read
+            unread = len(prelude) + 1
             try:
+                prelude_replies = []
+                while unread > 1:
+                    prelude_replies.append(await connection.read_reply())
+                    unread -= 1
                 reply = await connection.read_reply()
             except anyio.get_cancelled_exc_class():
                 if on_cancelled_reply is not None:
                     with anyio.move_on_after(_UNBLOCK_TIMEOUT, shield=True):
-                        await self._recover_blocked(connection, on_cancelled_reply)
+                        await self._recover_blocked(connection, unread, on_cancelled_reply)
                 raise
             connection.broken = False
+            for prelude_reply in prelude_replies:
+                raise_for_reply(prelude_reply)
             return raise_for_reply(reply)
 
     @contextlib.asynccontextmanager
@@ -316,7 +330,9 @@ class ConnectionPool:
         """Borrow a dedicated connection for the duration of the block.
 
         It returns to the pool afterwards unless it is broken (a request on
-        it was interrupted) or the block raised, in which case it is closed.
+        it was interrupted, or its connection failed), in which case it is
+        closed. Code that writes to it directly must set ``broken`` itself
+        while a reply is outstanding, as :meth:`Connection.execute` does.
         """
         self._check_open()
         if self._limiter is not None:
@@ -326,10 +342,9 @@ class ConnectionPool:
             self._in_use += 1
             try:
                 yield connection
-            except BaseException as exc:
+            except RedisConnectionError:
                 connection.broken = True
-                if isinstance(exc, RedisConnectionError):
-                    self._connection_lost()
+                self._connection_lost()
                 raise
             finally:
                 self._in_use -= 1
@@ -506,10 +521,18 @@ class ConnectionPool:
         )
 
     async def _recover_blocked(
-        self, connection: Connection, on_reply: Callable[[object], Awaitable[None]]
+        self,
+        connection: Connection,
+        unread: int,
+        on_reply: Callable[[object], Awaitable[None]],
     ) -> None:
-        """Unblock a dedicated connection after its caller went away, and account for its reply."""
+        """Unblock a dedicated connection after its caller went away, and account for its reply.
+
+        ``unread`` counts the replies not read yet, the blocking command's last.
+        """
         try:
+            for _ in range(unread - 1):
+                await connection.read_reply()  # prelude replies come at once
             while True:
                 if await self.execute("CLIENT", "UNBLOCK", connection.client_id):
                     reply = await connection.read_reply()  # nil, or what it popped

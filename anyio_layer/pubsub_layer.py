@@ -217,19 +217,21 @@ class _Shard:
         elif self._lost:
             self._restored()
         while True:
-            with anyio.move_on_after(HEALTH_CHECK_INTERVAL) as scope:
-                data = await connection.receive_raw()
-            if scope.cancelled_caught:
-                if self._awaiting_ping:
-                    raise RedisConnectionError(
-                        f"subscriber connection to {self.pool.config} stopped answering"
-                    )
-                self._awaiting_ping = True
-                await self._write("PING")
-                continue
-            self._awaiting_ping = False
-            for reply in connection.feed_and_drain(data):
-                self._handle(reply)
+            # One scope per silent period, its deadline pushed back as data
+            # arrives: cheaper than a new timeout around every read.
+            with anyio.CancelScope(deadline=anyio.current_time() + HEALTH_CHECK_INTERVAL) as scope:
+                while True:
+                    data = await connection.receive_raw()
+                    scope.deadline = anyio.current_time() + HEALTH_CHECK_INTERVAL
+                    self._awaiting_ping = False
+                    for reply in connection.feed_and_drain(data):
+                        self._handle(reply)
+            if self._awaiting_ping:
+                raise RedisConnectionError(
+                    f"subscriber connection to {self.pool.config} stopped answering"
+                )
+            self._awaiting_ping = True
+            await self._write("PING")
 
     def _handle(self, reply: object) -> None:
         if not (isinstance(reply, list) and len(reply) >= 2 and isinstance(reply[0], bytes)):
@@ -350,9 +352,9 @@ class PubSubLayer(ScopedChannels):
         Cancelling loses nothing: the message stays buffered for the next call.
         """
         self._check_open()
-        validate_channel_name(channel)
         buffer = self._channels.get(channel)
-        if buffer is None:
+        if buffer is None:  # names of known channels were validated when they were opened
+            validate_channel_name(channel)
             buffer = await self._open(channel)
         buffer.receivers += 1
         self._idle_since.pop(channel, None)

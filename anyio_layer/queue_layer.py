@@ -71,7 +71,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -591,7 +591,10 @@ class QueueLayer(ScopedChannels):
             self._dispatch_local(local_key, entries, demand)
 
     async def _pop_legacy(
-        self, pool: ConnectionPool, key: bytes, put_back: Any
+        self,
+        pool: ConnectionPool,
+        key: bytes,
+        put_back: Callable[[object], Awaitable[None]],
     ) -> list[tuple[bytes, float]]:
         """BZPOPMIN for one message, then ZPOPMIN for whatever else is waiting."""
         first = _popped_entry(

@@ -21,7 +21,7 @@ from anyio_layer.exceptions import (
 )
 from anyio_layer.queue_layer import QueueLayer, open_redis_layer
 from anyio_layer.serializers import SerializerDoesNotExist
-from anyio_layer.testing import RedisServer
+from anyio_layer.testing import RedisServer, find_all_redis_servers
 
 pytestmark = pytest.mark.anyio
 
@@ -512,3 +512,23 @@ async def test_bad_client_prefix() -> None:
     with pytest.raises(ConfigurationError, match="client_prefix"):
         async with open_redis_layer(client_prefix="has.dot"):
             pass
+
+
+@pytest.mark.parametrize("binary", find_all_redis_servers())
+async def test_every_available_redis_version(
+    binary: str, redis_server_factory: Callable[..., RedisServer]
+) -> None:
+    """Redis 7 drains with BZMPOP; 6.2 falls back to BZPOPMIN + ZPOPMIN."""
+    server = redis_server_factory(binary=binary)
+    async with (
+        open_redis_layer(hosts=[server.url]) as layer,
+        open_redis_layer(hosts=[server.url]) as sender,  # through Redis, as another process
+    ):
+        channels = [await layer.new_channel() for _ in range(3)]
+        for i in range(20):
+            for channel in channels:
+                await sender.send(channel, {"type": "n", "i": i})
+        for channel in channels:
+            assert [(await layer.receive(channel))["i"] for _ in range(20)] == list(range(20))
+        await sender.send("jobs", {"type": "job"})
+        assert await layer.receive("jobs") == {"type": "job"}

@@ -59,7 +59,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Literal
 
 import anyio
 import anyio.to_thread
@@ -68,6 +68,8 @@ from . import (
     RedisReplyError,
     RedisServer,
     RedisServerError,
+    _apoll,
+    _poll,
     find_redis_server,
     redis_server_version,
 )
@@ -83,8 +85,6 @@ __all__ = [
 #: Number of hash slots in a Redis Cluster.
 CLUSTER_SLOTS = 16384
 
-_T = TypeVar("_T")
-_POLL_INTERVAL = 0.02
 
 CreateMethod = Literal["auto", "redis-cli", "manual"]
 
@@ -168,35 +168,6 @@ def _slot_ranges(count: int) -> list[tuple[int, int]]:
         ranges.append((first, last))
         first = last + 1
     return ranges
-
-
-async def _apoll(check: Callable[[], _T | None]) -> _T:
-    """Async :func:`_poll` without a time limit (callers use ``anyio.fail_after``)."""
-    while True:
-        try:
-            result = await anyio.to_thread.run_sync(check)
-        except (OSError, RedisReplyError):
-            result = None
-        if result is not None:
-            return result
-        await anyio.sleep(_POLL_INTERVAL)
-
-
-def _poll(check: Callable[[], _T | None], timeout: float, what: str) -> _T:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = check()
-        except (OSError, RedisReplyError) as exc:
-            last_error = exc
-        else:
-            if result is not None:
-                return result
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error})" if last_error is not None else ""
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}{detail}")
-        time.sleep(_POLL_INTERVAL)
 
 
 #: Client ports are picked in this range: below the usual ephemeral range

@@ -216,6 +216,23 @@ class _SharedLock:
         self.users = 0
 
 
+class _RetryDelay:
+    """Exponential back-off for a loop that waits for Redis to come back."""
+
+    __slots__ = ("_delay",)
+
+    def __init__(self) -> None:
+        self._delay = 0.0
+
+    async def wait(self, waiter: str, error: Exception) -> None:
+        self._delay = min(max(self._delay * 2, 0.05), _MAX_RETRY_DELAY)
+        logger.warning("%s waiting for Redis: %s", waiter, error)
+        await anyio.sleep(self._delay)
+
+    def reset(self) -> None:
+        self._delay = 0.0
+
+
 class _Demand:
     """How many buffers of one process-local key have receivers waiting and no message."""
 
@@ -516,7 +533,7 @@ class QueueLayer(ScopedChannels):
         async def put_back(reply: object) -> None:
             await self._put_back(pool, key, [_popped_entry(reply)])
 
-        delay = 0.0
+        retry = _RetryDelay()
         while True:
             try:
                 with anyio.fail_after(_BLOCK_SECONDS + _BLOCK_GRACE):
@@ -524,11 +541,9 @@ class QueueLayer(ScopedChannels):
                         "BZPOPMIN", key, _BLOCK_SECONDS, on_cancelled_reply=put_back
                     )
             except (RedisConnectionError, TimeoutError) as exc:
-                delay = min(max(delay * 2, 0.05), _MAX_RETRY_DELAY)
-                logger.warning("receive(%r) waiting for Redis: %s", channel, exc)
-                await anyio.sleep(delay)
+                await retry.wait(f"receive({channel!r})", exc)
                 continue
-            delay = 0.0
+            retry.reset()
             entry = _popped_entry(reply)
             if entry is None:
                 continue
@@ -557,7 +572,7 @@ class QueueLayer(ScopedChannels):
             entries = _popped_entries(reply) if use_bzmpop else [_popped_entry(reply)]
             await self._put_back(pool, key, entries)
 
-        delay = 0.0
+        retry = _RetryDelay()
         while True:
             await demand.wait()
             try:
@@ -583,11 +598,9 @@ class QueueLayer(ScopedChannels):
                     else:
                         entries = await self._pop_legacy(pool, key, put_back)
             except (RedisConnectionError, TimeoutError) as exc:
-                delay = min(max(delay * 2, 0.05), _MAX_RETRY_DELAY)
-                logger.warning("reader for %r waiting for Redis: %s", local_key, exc)
-                await anyio.sleep(delay)
+                await retry.wait(f"reader for {local_key!r}", exc)
                 continue
-            delay = 0.0
+            retry.reset()
             self._dispatch_local(local_key, entries, demand)
 
     async def _pop_legacy(

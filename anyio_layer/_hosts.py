@@ -14,6 +14,15 @@ Accepted forms are exactly the ones ``channels_redis`` documents, so a Django
   ``master_name``, optional ``sentinel_kwargs`` (options for talking to the
   sentinels), plus connection options for the primary.
 
+A **Redis Cluster** (or Valkey Cluster) is given by its seed nodes, each
+marked as such: a URL with ``+cluster`` in its scheme
+(``redis+cluster://``, ``rediss+cluster://``, ``valkey+cluster://``,
+``valkeys+cluster://``), or any TCP entry above with ``"cluster": True`` (as a
+dict key, or ``?cluster=true`` in a URL). Every entry of ``hosts`` then names a
+node of the same cluster (one is enough; several help when some are down),
+and :func:`parse_hosts` returns one :class:`ClusterConfig`. Mixing cluster
+and non-cluster entries is an error, and so is a database other than 0.
+
 Anything else raises :class:`~anyio_layer.exceptions.ConfigurationError`
 naming the entry and saying what is allowed. Passwords never appear in error
 messages or reprs.
@@ -31,8 +40,10 @@ from .exceptions import ConfigurationError
 
 __all__ = [
     "DEFAULT_HOST",
+    "ClusterConfig",
     "ConnectionOptions",
     "HostConfig",
+    "Hosts",
     "SentinelConfig",
     "ServerConfig",
     "TCPAddress",
@@ -46,6 +57,7 @@ DEFAULT_HOST = "redis://localhost:6379"
 
 _TCP_SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
 _UNIX_SCHEMES = {"unix", "redis+unix", "valkey+unix"}
+_CLUSTER_SUFFIX = "+cluster"
 
 _CERT_REQS = {
     None: ssl.CERT_NONE,
@@ -150,11 +162,15 @@ class ServerConfig:
 
     address: Address
     options: ConnectionOptions = ConnectionOptions()
+    #: Whether this entry was marked as a seed node of a Redis Cluster.
+    cluster: bool = False
 
     def __str__(self) -> str:
         scheme = "rediss" if self.options.tls else "redis"
         if isinstance(self.address, UnixAddress):
             return f"unix://{self.address.path}?db={self.options.db}"
+        if self.cluster:
+            return f"{scheme}{_CLUSTER_SUFFIX}://{self.address}"
         return f"{scheme}://{self.address}/{self.options.db}"
 
 
@@ -175,8 +191,36 @@ class SentinelConfig:
 HostConfig: TypeAlias = ServerConfig | SentinelConfig
 
 
-def parse_hosts(hosts: object) -> tuple[HostConfig, ...]:
-    """Parse the ``hosts`` setting (``None`` or empty means ``redis://localhost:6379``)."""
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A Redis Cluster, reached through one or more of its nodes (the seeds).
+
+    Every seed uses the same connection options (TLS, credentials, timeouts);
+    they apply to every node of the cluster.
+    """
+
+    seeds: tuple[ServerConfig, ...]
+
+    @property
+    def options(self) -> ConnectionOptions:
+        return self.seeds[0].options
+
+    def __str__(self) -> str:
+        return ", ".join(str(seed) for seed in self.seeds)
+
+
+#: What ``hosts`` describes: independent servers (sharded by the client), or one cluster.
+Hosts: TypeAlias = tuple[HostConfig, ...] | ClusterConfig
+
+
+def parse_hosts(hosts: object) -> Hosts:
+    """Parse the ``hosts`` setting (``None`` or empty means ``redis://localhost:6379``).
+
+    Returns one config per server (the layers shard over them), or a single
+    :class:`ClusterConfig` when the entries are seeds of a Redis Cluster.
+    """
+    if isinstance(hosts, ClusterConfig):
+        return hosts
     if hosts is None or (isinstance(hosts, (list, tuple)) and not hosts):
         return (parse_host(DEFAULT_HOST),)
     if isinstance(hosts, (str, bytes, Mapping)):
@@ -189,7 +233,23 @@ def parse_hosts(hosts: object) -> tuple[HostConfig, ...]:
             f"hosts must be a list of URLs, (host, port) tuples or dicts, "
             f"not {type(hosts).__name__}"
         )
-    return tuple(parse_host(entry) for entry in hosts)
+    configs = tuple(parse_host(entry) for entry in hosts)
+    seeds = [config for config in configs if isinstance(config, ServerConfig) and config.cluster]
+    if not seeds:
+        return configs
+    if len(seeds) != len(configs):
+        others = ", ".join(str(config) for config in configs if config not in seeds)
+        raise ConfigurationError(
+            f"hosts mixes Redis Cluster seeds ({', '.join(map(str, seeds))}) with other "
+            f"servers ({others}); a layer uses either one cluster or independent servers. "
+            f"Mark every entry as a seed of the cluster, or none"
+        )
+    if len({seed.options for seed in seeds}) > 1:
+        raise ConfigurationError(
+            "the seeds of a Redis Cluster must all use the same connection options "
+            "(credentials, TLS, timeouts): they apply to every node of the cluster"
+        )
+    return ClusterConfig(tuple(seeds))
 
 
 def parse_host(entry: object) -> HostConfig:
@@ -219,6 +279,10 @@ def parse_host(entry: object) -> HostConfig:
 
 def _from_dict(entry: dict[str, Any]) -> HostConfig:
     shown = _redact(entry)
+    if "cluster" in entry:
+        cluster = _bool(entry.pop("cluster"), "cluster", shown)
+        config = _from_dict(entry)
+        return _as_seed(config, shown) if cluster else config
     if "sentinels" in entry or "master_name" in entry:
         return _sentinel(entry, shown)
     if "address" in entry:
@@ -298,10 +362,33 @@ def _sentinel(entry: dict[str, Any], shown: object) -> SentinelConfig:
     )
 
 
+def _as_seed(config: HostConfig, shown: object) -> ServerConfig:
+    """``config`` marked as a Redis Cluster seed, if it can be one."""
+    if isinstance(config, SentinelConfig):
+        raise ConfigurationError(
+            f"hosts entry {shown} is a Sentinel entry marked as a cluster seed; "
+            f"Redis Cluster does not use Sentinel"
+        )
+    if not isinstance(config.address, TCPAddress):
+        raise ConfigurationError(
+            f"hosts entry {shown} is a unix socket marked as a cluster seed; "
+            f"cluster nodes are reached over TCP"
+        )
+    if config.options.db != 0:
+        raise ConfigurationError(
+            f"hosts entry {shown} selects database {config.options.db}, but a Redis Cluster "
+            f"only has database 0"
+        )
+    return ServerConfig(config.address, config.options, cluster=True)
+
+
 def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
     try:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
+        cluster = scheme.endswith(_CLUSTER_SUFFIX) and scheme != _CLUSTER_SUFFIX
+        if cluster:
+            scheme = scheme.removesuffix(_CLUSTER_SUFFIX)
         port_value = parts.port if scheme in _TCP_SCHEMES else None
     except ValueError as exc:
         raise ConfigurationError(
@@ -314,6 +401,8 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
         options["password"] = unquote(parts.password)
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         options[key] = value
+    if "cluster" in options:
+        cluster = _bool(options.pop("cluster"), "cluster", shown) or cluster
     if scheme in _TCP_SCHEMES:
         if not parts.hostname:
             raise ConfigurationError(f"hosts entry {_redact_url(url)!r} has no host name")
@@ -334,12 +423,14 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
         )
     else:
         allowed = ", ".join(f"{s}://" for s in [*_TCP_SCHEMES, "unix"])
+        allowed += ", and " + ", ".join(f"{s}{_CLUSTER_SUFFIX}://" for s in _TCP_SCHEMES)
         raise ConfigurationError(
             f"hosts entry {_redact_url(url)!r} has an unknown scheme {parts.scheme!r}; "
             f"allowed schemes: {allowed}"
         )
     options.update(extra)  # explicit dict options win over the URL's
-    return ServerConfig(address, _options(options, shown))
+    config = ServerConfig(address, _options(options, shown))
+    return _as_seed(config, shown) if cluster else config
 
 
 def _options(raw: dict[str, Any], shown: object) -> ConnectionOptions:

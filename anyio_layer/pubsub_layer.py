@@ -60,7 +60,7 @@ import anyio.abc
 
 from ._config import positive_number, require_prefix
 from ._connection import Connection
-from ._hosts import parse_hosts
+from ._hosts import ClusterConfig, parse_hosts
 from ._local import LayerChannel, LocalBuffer, ScopedChannels
 from ._pool import MAX_BACKOFF, ConnectionPool, open_pool
 from ._resp import encode_command
@@ -617,6 +617,8 @@ async def open_pubsub_layer(
             f"allowed: {', '.join(_OPTIONS)}"
         )
     configs = parse_hosts(hosts)
+    if isinstance(configs, ClusterConfig):
+        raise ConfigurationError("the pub/sub layer does not support Redis Cluster yet")
     prefix = require_prefix(prefix)
     for name, value in (("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect)):
         if value is not None and (not isinstance(value, str) or not value):

@@ -71,18 +71,19 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
 import anyio.abc
 
+from ._cluster import open_cluster
 from ._config import CapacityRules, positive_number, require_prefix
-from ._hosts import parse_hosts
+from ._hosts import ClusterConfig, parse_hosts
+from ._keyspace import ClusterKeySpace, KeyHome, KeySpace, ShardedKeySpace
 from ._local import LayerChannel, LocalBuffer, ScopedChannels
-from ._pool import ConnectionPool, open_pool
-from ._routing import Router
+from ._pool import open_pool
 from ._scripts import Script
 from ._tasks import open_service_task_group
 from .exceptions import (
@@ -270,9 +271,8 @@ class QueueLayer(ScopedChannels):
     def __init__(
         self,
         *,
-        pools: Sequence[ConnectionPool],
+        keys: KeySpace,
         task_group: anyio.abc.TaskGroup,
-        prefix: str,
         expiry: float,
         group_expiry: int,
         capacities: CapacityRules,
@@ -281,10 +281,9 @@ class QueueLayer(ScopedChannels):
         client_prefix: str | None = None,
         client_prefix_family: str | None = None,
     ) -> None:
-        self._pools = tuple(pools)
+        self._keys = keys
         self._task_group = task_group
-        self._router = Router(prefix, len(self._pools))
-        self.prefix = prefix
+        self.prefix = keys.prefix
         self.expiry = expiry
         self.group_expiry = group_expiry
         self.capacities = capacities
@@ -321,9 +320,9 @@ class QueueLayer(ScopedChannels):
             message = {**message, RESERVED_KEY: channel}
         payload = self._encode(message)
         now = time.time()
-        reply = await self._pools[self._router.channel_shard(channel)].evalsha(
+        reply = await self._keys.channel_home(channel).evalsha(
             _SEND,
-            [self._router.channel_key(channel)],
+            [self._keys.channel_key(channel)],
             [
                 payload,
                 repr(now),
@@ -342,8 +341,8 @@ class QueueLayer(ScopedChannels):
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every member of ``group``.
 
-        Costs one round trip to read the members, then one per shard holding
-        member channels, whatever the group's size. Members whose channel is
+        Costs one round trip to read the members, then one per server (or
+        cluster node) holding member channels, whatever the group's size. Members whose channel is
         at capacity are skipped (and counted), never raising.
         """
         self._check_open()
@@ -351,13 +350,13 @@ class QueueLayer(ScopedChannels):
         _check_message(message)
         plain = self._encode(message)  # also rejects what cannot be sent, even to nobody
         now = time.time()
-        group_pool = self._pools[self._router.group_shard(group)]
-        group_key = self._router.group_key(group)
-        _, members = await group_pool.pipeline(
+        group_key = self._keys.group_key(group)
+        _, members = await self._keys.group_home(group).pipeline(
             [
                 ("ZREMRANGEBYSCORE", group_key, 0, int(now) - self.group_expiry),
                 ("ZRANGE", group_key, 0, -1),
-            ]
+            ],
+            idempotent=True,
         )
         self._counters.group_sends += 1
         if not isinstance(members, list) or not members:
@@ -365,6 +364,7 @@ class QueueLayer(ScopedChannels):
         # Members that are this layer's own channels get the message in memory;
         # the rest get one copy per Redis key, naming every member stored in it.
         targets: dict[bytes, list[str]] = {}
+        routes: dict[bytes, str] = {}
         for member in members:
             channel = member.decode() if isinstance(member, bytes) else str(member)
             if is_process_local(channel) and self._is_own(channel):
@@ -373,38 +373,31 @@ class QueueLayer(ScopedChannels):
                 else:
                     self._counters.group_skipped += 1
                 continue
-            targets.setdefault(self._router.channel_key(channel), []).append(channel)
-        by_shard: dict[int, list[bytes]] = {}
-        for key, channels in targets.items():
-            by_shard.setdefault(self._router.channel_shard(channels[0]), []).append(key)
+            key = self._keys.channel_key(channel)
+            routes.setdefault(key, channel)
+            targets.setdefault(key, []).append(channel)
+        if not targets:
+            return
 
-        async def deliver(shard: int, keys: list[bytes]) -> None:
+        def arguments(keys: list[bytes]) -> list[bytes | str | int]:
             payloads = [self._encode({**message, RESERVED_KEY: targets[key]}) for key in keys]
             capacities = [self.capacities.for_channel(targets[key][0]) for key in keys]
-            reply = await self._pools[shard].evalsha(
-                _GROUP_SEND,
-                keys,
-                [*payloads, *capacities, repr(now), int(now) - int(self.expiry), self._ttl],
-            )
+            return [*payloads, *capacities, repr(now), int(now) - int(self.expiry), self._ttl]
+
+        skipped_total = 0
+        for reply in await self._keys.eval_batched(_GROUP_SEND, routes, arguments):
             added, skipped, pruned = _int_triple(reply)
             self._counters.group_deliveries += added
             self._counters.group_skipped += skipped
             self._counters.expired += pruned
-            if skipped:
-                logger.info(
-                    "group_send to %r skipped %d of %d channels at capacity",
-                    group,
-                    skipped,
-                    len(keys),
-                )
-
-        if len(by_shard) == 1:
-            ((shard, keys),) = by_shard.items()
-            await deliver(shard, keys)
-        else:
-            async with anyio.create_task_group() as task_group:
-                for shard, keys in by_shard.items():
-                    task_group.start_soon(deliver, shard, keys)
+            skipped_total += skipped
+        if skipped_total:
+            logger.info(
+                "group_send to %r skipped %d of %d channels at capacity",
+                group,
+                skipped_total,
+                len(targets),
+            )
 
     # -- groups ---------------------------------------------------------------
 
@@ -413,9 +406,10 @@ class QueueLayer(ScopedChannels):
         self._check_open()
         validate_group_name(group)
         validate_channel_name(channel)
-        key = self._router.group_key(group)
-        await self._pools[self._router.group_shard(group)].pipeline(
-            [("ZADD", key, repr(time.time()), channel), ("EXPIRE", key, self.group_expiry)]
+        key = self._keys.group_key(group)
+        await self._keys.group_home(group).pipeline(
+            [("ZADD", key, repr(time.time()), channel), ("EXPIRE", key, self.group_expiry)],
+            idempotent=True,
         )
 
     async def group_discard(self, group: str, channel: str) -> None:
@@ -423,8 +417,8 @@ class QueueLayer(ScopedChannels):
         self._check_open()
         validate_group_name(group)
         validate_channel_name(channel)
-        await self._pools[self._router.group_shard(group)].execute(
-            "ZREM", self._router.group_key(group), channel
+        await self._keys.group_home(group).execute(
+            "ZREM", self._keys.group_key(group), channel, idempotent=True
         )
 
     # -- receiving ------------------------------------------------------------
@@ -527,17 +521,17 @@ class QueueLayer(ScopedChannels):
                 del self._receive_locks[channel]
 
     async def _pop_normal(self, channel: str) -> dict[str, Any]:
-        pool = self._pools[self._router.channel_shard(channel)]
-        key = self._router.channel_key(channel)
+        home = self._keys.channel_home(channel)
+        key = self._keys.channel_key(channel)
 
         async def put_back(reply: object) -> None:
-            await self._put_back(pool, key, [_popped_entry(reply)])
+            await self._put_back(home, key, [_popped_entry(reply)])
 
         retry = _RetryDelay()
         while True:
             try:
                 with anyio.fail_after(_BLOCK_SECONDS + _BLOCK_GRACE):
-                    reply = await pool.execute_blocking(
+                    reply = await home.execute_blocking(
                         "BZPOPMIN", key, _BLOCK_SECONDS, on_cancelled_reply=put_back
                     )
             except (RedisConnectionError, TimeoutError) as exc:
@@ -564,13 +558,13 @@ class QueueLayer(ScopedChannels):
         capacity check makes senders back off with ChannelFull, as with
         channels_redis.
         """
-        pool = self._pools[self._router.channel_shard(local_key)]
-        key = self._router.channel_key(local_key)
+        home = self._keys.channel_home(local_key)
+        key = self._keys.channel_key(local_key)
         use_bzmpop = True
 
         async def put_back(reply: object) -> None:
             entries = _popped_entries(reply) if use_bzmpop else [_popped_entry(reply)]
-            await self._put_back(pool, key, entries)
+            await self._put_back(home, key, entries)
 
         retry = _RetryDelay()
         while True:
@@ -579,7 +573,7 @@ class QueueLayer(ScopedChannels):
                 with anyio.fail_after(_BLOCK_SECONDS + _BLOCK_GRACE):
                     if use_bzmpop:
                         try:
-                            reply = await pool.execute_blocking(
+                            reply = await home.execute_blocking(
                                 "BZMPOP",
                                 _BLOCK_SECONDS,
                                 1,
@@ -596,7 +590,7 @@ class QueueLayer(ScopedChannels):
                             continue
                         entries = _popped_entries(reply)
                     else:
-                        entries = await self._pop_legacy(pool, key, put_back)
+                        entries = await self._pop_legacy(home, key, put_back)
             except (RedisConnectionError, TimeoutError) as exc:
                 await retry.wait(f"reader for {local_key!r}", exc)
                 continue
@@ -605,20 +599,20 @@ class QueueLayer(ScopedChannels):
 
     async def _pop_legacy(
         self,
-        pool: ConnectionPool,
+        home: KeyHome,
         key: bytes,
         put_back: Callable[[object], Awaitable[None]],
     ) -> list[tuple[bytes, float]]:
         """BZPOPMIN for one message, then ZPOPMIN for whatever else is waiting."""
         first = _popped_entry(
-            await pool.execute_blocking(
+            await home.execute_blocking(
                 "BZPOPMIN", key, _BLOCK_SECONDS, on_cancelled_reply=put_back
             )
         )
         if first is None:
             return []
         with anyio.CancelScope(shield=True):  # popped messages must reach the buffers
-            rest = await pool.execute("ZPOPMIN", key, DRAIN_BATCH - 1)
+            rest = await home.execute("ZPOPMIN", key, DRAIN_BATCH - 1)
         entries = [first]
         if isinstance(rest, list):
             entries += [
@@ -638,14 +632,14 @@ class QueueLayer(ScopedChannels):
             buffer.messages.clear()
         for local_key, entries in by_key.items():
             if entries:
-                pool = self._pools[self._router.channel_shard(local_key)]
+                home = self._keys.channel_home(local_key)
                 try:
-                    await self._put_back(pool, self._router.channel_key(local_key), entries)
+                    await self._put_back(home, self._keys.channel_key(local_key), entries)
                 except (RedisError, LayerClosedError) as exc:
                     logger.warning("lost %d buffered messages on close: %s", len(entries), exc)
 
     async def _put_back(
-        self, pool: ConnectionPool, key: bytes, entries: Iterable[tuple[bytes, float] | None]
+        self, home: KeyHome, key: bytes, entries: Iterable[tuple[bytes, float] | None]
     ) -> None:
         """Return popped messages to Redis at their original scores (so they come first)."""
         flat: list[bytes | str] = []
@@ -653,7 +647,8 @@ class QueueLayer(ScopedChannels):
             if entry is not None:
                 flat += [repr(entry[1]), entry[0]]
         if flat:
-            await pool.pipeline([("ZADD", key, *flat), ("EXPIRE", key, self._ttl)])
+            # Idempotent: the same members at the same scores, so a retry adds nothing twice.
+            await home.pipeline([("ZADD", key, *flat), ("EXPIRE", key, self._ttl)], idempotent=True)
 
     def _dispatch_local(
         self, local_key: str, entries: Iterable[tuple[bytes, float]], demand: _Demand
@@ -714,20 +709,7 @@ class QueueLayer(ScopedChannels):
         block the server however many keys there are.
         """
         self._check_open()
-        pattern = self._router.scan_pattern()
-        for pool in self._pools:
-            cursor = b"0"
-            while True:
-                reply = await pool.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-                if not (
-                    isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], bytes)
-                ):
-                    raise ResponseError(f"unexpected SCAN reply {reply!r:.100}")
-                cursor, keys = reply
-                if isinstance(keys, list) and keys:
-                    await pool.execute("UNLINK", *keys)
-                if cursor == b"0":
-                    break
+        await self._keys.delete_matching()
         for name, buffer in self._buffers.items():
             buffer.messages.clear()
             demand = self._readers.get(non_local_name(name))
@@ -746,17 +728,16 @@ class QueueLayer(ScopedChannels):
             expired=counters.expired,
             local_buffer_overflows=counters.overflows,
             decode_errors=counters.decode_errors,
-            reconnects=sum(pool.statistics().reconnects for pool in self._pools),
+            reconnects=self._keys.reconnects(),
             local_channels=len(self._buffers),
         )
 
     def consistent_hash(self, value: str) -> int:
         """The shard index of a channel or group name (channels_redis's public helper)."""
-        return self._router.channel_shard(value)
+        return self._keys.shard_of(value)
 
     def __repr__(self) -> str:
-        hosts = ", ".join(str(pool.config) for pool in self._pools)
-        return f"<QueueLayer prefix={self.prefix!r} hosts=[{hosts}]>"
+        return f"<QueueLayer prefix={self.prefix!r} hosts=[{self._keys.describe()}]>"
 
     # -- internals --------------------------------------------------------------
 
@@ -911,13 +892,18 @@ async def open_redis_layer(
                 f"{name} must be 1-64 ASCII letters, digits, '-' or '_', not {value!r}"
             )
     async with contextlib.AsyncExitStack() as stack:
-        pools = [await stack.enter_async_context(open_pool(config)) for config in configs]
+        keys: KeySpace
+        if isinstance(configs, ClusterConfig):
+            cluster = await stack.enter_async_context(open_cluster(configs.seeds))
+            keys = ClusterKeySpace(cluster, prefix)
+        else:
+            pools = [await stack.enter_async_context(open_pool(config)) for config in configs]
+            keys = ShardedKeySpace(pools, prefix)
         try:
             async with open_service_task_group() as task_group:
                 layer = QueueLayer(
-                    pools=pools,
+                    keys=keys,
                     task_group=task_group,
-                    prefix=prefix,
                     expiry=expiry,
                     group_expiry=group_expiry,
                     capacities=capacities,

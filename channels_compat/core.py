@@ -21,7 +21,7 @@ import itertools
 from typing import Any
 
 from anyio_layer._config import CapacityRules
-from anyio_layer._hosts import parse_hosts
+from anyio_layer._hosts import ClusterConfig, parse_hosts
 from anyio_layer.names import random_client_prefix
 from anyio_layer.queue_layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -69,7 +69,8 @@ class RedisChannelLayer(CoreLayerAdapter[QueueLayer]):
         self.hosts = hosts
         self.prefix = prefix
         self.group_expiry = group_expiry
-        self.ring_size = len(self._hosts)
+        # A cluster is one logical server: channels_redis's ring has nothing to spread.
+        self.ring_size = 1 if isinstance(self._hosts, ClusterConfig) else len(self._hosts)
         self.client_prefix = random_client_prefix()
         self._serializer = registry.get_serializer(
             serializer_format,

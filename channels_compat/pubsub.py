@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from anyio_layer._hosts import parse_hosts
+from anyio_layer._hosts import ClusterConfig, parse_hosts
 from anyio_layer.exceptions import ConfigurationError
 from anyio_layer.pubsub_layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -85,7 +85,8 @@ class RedisPubSubChannelLayer(CoreLayerAdapter[PubSubLayer]):
             )
         self._hosts = parse_hosts(hosts)
         self.hosts = hosts
-        self.ring_size = len(self._hosts)
+        # A cluster is one logical server: channels_redis's ring has nothing to spread.
+        self.ring_size = 1 if isinstance(self._hosts, ClusterConfig) else len(self._hosts)
         self.prefix = prefix
         self.on_disconnect = on_disconnect
         self.on_reconnect = on_reconnect

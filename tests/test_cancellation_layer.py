@@ -53,7 +53,7 @@ def blocked_clients(server: RedisServer) -> int:
 
 async def settle(layer: QueueLayer) -> None:
     """Wait until no request is pending and only the local readers hold connections."""
-    pools = layer._pools
+    pools = layer._keys.pools
     with anyio.fail_after(5):
         while any(
             pool.statistics().pipeline_pending
@@ -81,7 +81,7 @@ async def checked_layer(
     """
     options.setdefault("capacity", CAPACITY)
     async with open_redis_layer(hosts=[redis_url], **options) as layer:
-        pools = layer._pools
+        pools = layer._keys.pools
         yield layer
         await settle(layer)
         statistics = layer.statistics()
@@ -195,7 +195,7 @@ async def test_local_channels_lose_and_duplicate_nothing_under_cancelled_receive
         assert completed == n_channels * senders_per_channel * per_sender
         assert layer.statistics().messages_received == completed
         # Nothing is left over, in Redis (all local channels share one key) or in a buffer.
-        assert await layer._pools[0].execute("ZCARD", layer._router.channel_key(channels[0])) == 0
+        assert await layer._keys.pools[0].execute("ZCARD", layer._keys.channel_key(channels[0])) == 0
         for channel in channels:
             with anyio.move_on_after(0.05) as scope:
                 extra = await layer.receive(channel)
@@ -273,7 +273,7 @@ async def test_normal_channel_loses_and_duplicates_nothing_with_many_cancelled_r
         assert set(everything) == expected
         assert not timed_out, f"the phase did not finish within {PHASE_TIMEOUT}s"
         assert layer.statistics().messages_received == len(expected)
-        assert await layer._pools[0].execute("EXISTS", "asgi" + channel) == 0
+        assert await layer._keys.pools[0].execute("EXISTS", "asgi" + channel) == 0
     assert cancelled > 1000, f"only {cancelled} receives were cancelled"
 
 
@@ -372,7 +372,7 @@ def send_while_loop_is_stopped(
         "EVAL",
         _SEND.source,
         1,
-        layer._router.channel_key(channel),
+        layer._keys.channel_key(channel),
         layer.serializer.serialize(message),
         repr(score),
         int(score) - int(layer.expiry),
@@ -405,7 +405,7 @@ async def test_pop_completed_for_a_cancelled_receive_goes_back_at_its_original_s
 ) -> None:
     channel = "put-back-queue"
     async with checked_layer(redis_url, redis_server) as layer:
-        key = layer._router.channel_key(channel)
+        key = layer._keys.channel_key(channel)
         for number in range(5):
             got, score = await cancel_receive_after_its_pop(redis_server, layer, channel, number)
             assert got == []  # the receive was cancelled...
@@ -431,7 +431,7 @@ async def test_put_back_message_keeps_its_key_expiring(
     """
     channel = "put-back-ttl"
     async with checked_layer(redis_url, redis_server) as layer:
-        key = layer._router.channel_key(channel)
+        key = layer._keys.channel_key(channel)
         got, _ = await cancel_receive_after_its_pop(redis_server, layer, channel, 0)
         assert got == []
         assert redis_server.execute("ZCARD", key) == 1
@@ -451,13 +451,13 @@ async def test_messages_popped_by_a_closing_layer_go_back_and_keep_expiring(
     """
     async with open_redis_layer(hosts=[redis_url]) as layer:
         channel = await layer.new_channel()
-        key = layer._router.channel_key(channel)
+        key = layer._keys.channel_key(channel)
         with anyio.move_on_after(0.01):
             await layer.receive(channel)  # starts the reader
         await wait_until_blocked(redis_server, 1)
         score = send_while_loop_is_stopped(redis_server, layer, channel, {"type": "t"})
         # Leave the block (cancelling the reader) without a checkpoint since the pop.
-    await assert_closed_cleanly(layer._pools, redis_server)
+    await assert_closed_cleanly(layer._keys.pools, redis_server)
     reply = redis_server.execute("ZRANGE", key, 0, -1, "WITHSCORES")
     assert isinstance(reply, list)
     assert len(reply) == 2, "the popped message was lost"
@@ -556,7 +556,7 @@ async def test_cancelled_sends_are_all_or_nothing_and_keep_the_connection_usable
         # Warm up: the pipelined connection exists and the scripts are loaded.
         await layer.send(normal, {"type": "warm-up"})
         assert (await layer.receive(normal))["type"] == "warm-up"
-        pool = layer._pools[0]
+        pool = layer._keys.pools[0]
         pipeline = pool._pipeline
         assert pipeline is not None
         opened = pool.statistics().connections_opened

@@ -481,7 +481,7 @@ async def test_sharding_across_hosts(redis_server_factory: Callable[..., RedisSe
         used = set()
         for channel in locals_ + normals:
             shard = layer.consistent_hash(channel)
-            key = layer._router.channel_key(channel)
+            key = layer._keys.channel_key(channel)
             used.add(shard)
             for index, server in enumerate(servers):
                 if index != shard:

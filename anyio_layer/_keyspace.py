@@ -1,0 +1,306 @@
+"""Where the queue layer's keys live: independent servers, or one Redis Cluster.
+
+The queue layer never talks to a connection pool or a cluster client
+directly. It asks a :class:`KeySpace` for a channel's or a group's key and
+its :class:`KeyHome` (the place that key lives) and runs its commands there.
+There are two key spaces:
+
+* :class:`ShardedKeySpace`, for ``hosts`` listing independent servers: the
+  key names are channels_redis's (see :mod:`anyio_layer._routing`) and each
+  name is placed on a server by channels_redis's CRC32 ring, so both
+  libraries can share the servers during a migration.
+* :class:`ClusterKeySpace`, for a Redis Cluster. The name part of every key
+  is wrapped in a hash tag: a channel lives in ``prefix{name}`` and a group
+  in ``prefix:group:{group}``, where ``name`` is the channel's non-local part
+  (all process-local channels of a process share one key, as above). The tag
+  encloses exactly what the ring hashes on independent servers, so a key's
+  slot depends on the channel or group alone: channels spread evenly over
+  the cluster, a prefix can never collapse them into one slot (prefixes with
+  braces are refused), and every Lua script the layer runs touches keys of
+  one slot, which Redis Cluster requires. These names differ from
+  channels_redis's, which has no cluster support.
+
+Commands marked ``idempotent`` may run twice without harm (adding a group
+member again, reading members); on a cluster they are retried on the slot's
+new owner after a connection error. Everything else (sends, pops) fails with
+:class:`~anyio_layer.exceptions.RedisConnectionError` instead, as on a
+single server, because it may already have run.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+import anyio
+
+from ._cluster import ClusterClient, key_slot
+from ._pool import ConnectionPool
+from ._resp import Arg
+from ._routing import Router
+from ._scripts import Script
+from .exceptions import ConfigurationError, ResponseError
+from .names import non_local_name
+
+__all__ = ["ClusterKeySpace", "KeyHome", "KeySpace", "ShardedKeySpace"]
+
+#: Keys deleted per round trip by :meth:`KeySpace.delete_matching`.
+_SCAN_COUNT = 1000
+
+OnCancelledReply = Callable[[object], Awaitable[None]]
+
+
+class KeyHome(Protocol):
+    """The server (or cluster slot) that one key lives on; commands about that key run here."""
+
+    async def execute(self, *args: Arg, idempotent: bool = False) -> object: ...
+
+    async def pipeline(
+        self, commands: Sequence[Sequence[Arg]], *, idempotent: bool = False
+    ) -> list[object]: ...
+
+    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> object: ...
+
+    async def execute_blocking(
+        self, *args: Arg, on_cancelled_reply: OnCancelledReply | None = None
+    ) -> object: ...
+
+
+class KeySpace(Protocol):
+    """Names the queue layer's keys and says where each one lives."""
+
+    prefix: str
+
+    def channel_key(self, channel: str) -> bytes: ...
+
+    def group_key(self, group: str) -> bytes: ...
+
+    def channel_home(self, channel: str) -> KeyHome: ...
+
+    def group_home(self, group: str) -> KeyHome: ...
+
+    def shard_of(self, name: str) -> int:
+        """channels_redis's ``consistent_hash``: the index of the server ``name`` lives on."""
+        ...
+
+    async def eval_batched(
+        self,
+        script: Script,
+        keys: Mapping[bytes, str],
+        args_for: Callable[[list[bytes]], Sequence[Arg]],
+    ) -> list[object]:
+        """Run ``script`` over ``keys`` with one round trip per server involved.
+
+        ``keys`` maps each key to a channel stored in it. The keys are split
+        into batches that one script call may touch together (one per server,
+        or per cluster slot); each batch runs as ``script(batch,
+        args_for(batch))``, and the replies come back in no particular order.
+        """
+        ...
+
+    async def delete_matching(self) -> None:
+        """Delete every key under the prefix, on every server, with ``SCAN`` and ``UNLINK``."""
+        ...
+
+    def reconnects(self) -> int: ...
+
+    def describe(self) -> str: ...
+
+
+# -- independent servers ---------------------------------------------------------------------
+
+
+class _ServerHome:
+    """A :class:`KeyHome` on one server: its connection pool, minus the retry hints."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    async def execute(self, *args: Arg, idempotent: bool = False) -> object:
+        return await self.pool.execute(*args)
+
+    async def pipeline(
+        self, commands: Sequence[Sequence[Arg]], *, idempotent: bool = False
+    ) -> list[object]:
+        return await self.pool.pipeline(commands)
+
+    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> object:
+        return await self.pool.evalsha(script, keys, args)
+
+    async def execute_blocking(
+        self, *args: Arg, on_cancelled_reply: OnCancelledReply | None = None
+    ) -> object:
+        return await self.pool.execute_blocking(*args, on_cancelled_reply=on_cancelled_reply)
+
+
+class ShardedKeySpace:
+    """channels_redis's layout over independent servers, placed by its CRC32 ring."""
+
+    def __init__(self, pools: Sequence[ConnectionPool], prefix: str) -> None:
+        self.prefix = prefix
+        self.pools = tuple(pools)
+        self._homes = tuple(_ServerHome(pool) for pool in pools)
+        self._router = Router(prefix, len(self.pools))
+
+    def channel_key(self, channel: str) -> bytes:
+        return self._router.channel_key(channel)
+
+    def group_key(self, group: str) -> bytes:
+        return self._router.group_key(group)
+
+    def channel_home(self, channel: str) -> KeyHome:
+        return self._homes[self._router.channel_shard(channel)]
+
+    def group_home(self, group: str) -> KeyHome:
+        return self._homes[self._router.group_shard(group)]
+
+    def shard_of(self, name: str) -> int:
+        return self._router.channel_shard(name)
+
+    async def eval_batched(
+        self,
+        script: Script,
+        keys: Mapping[bytes, str],
+        args_for: Callable[[list[bytes]], Sequence[Arg]],
+    ) -> list[object]:
+        by_shard: dict[int, list[bytes]] = {}
+        for key, channel in keys.items():
+            by_shard.setdefault(self._router.channel_shard(channel), []).append(key)
+        replies: list[object] = []
+
+        async def run(shard: int, batch: list[bytes]) -> None:
+            replies.append(await self.pools[shard].evalsha(script, batch, args_for(batch)))
+
+        if len(by_shard) == 1:
+            ((shard, batch),) = by_shard.items()
+            await run(shard, batch)
+        else:
+            async with anyio.create_task_group() as task_group:
+                for shard, batch in by_shard.items():
+                    task_group.start_soon(run, shard, batch)
+        return replies
+
+    async def delete_matching(self) -> None:
+        pattern = self._router.scan_pattern()
+        for pool in self.pools:
+            async for keys in _scan(pool.execute, pattern):
+                await pool.execute("UNLINK", *keys)
+
+    def reconnects(self) -> int:
+        return sum(pool.statistics().reconnects for pool in self.pools)
+
+    def describe(self) -> str:
+        return ", ".join(str(pool.config) for pool in self.pools)
+
+
+# -- Redis Cluster ------------------------------------------------------------------------------
+
+
+class _SlotHome:
+    """A :class:`KeyHome` for one key of a cluster: commands follow its slot wherever it goes."""
+
+    __slots__ = ("_client", "_key")
+
+    def __init__(self, client: ClusterClient, key: bytes) -> None:
+        self._client = client
+        self._key = key
+
+    async def execute(self, *args: Arg, idempotent: bool = False) -> object:
+        return await self._client.execute(*args, key=self._key, idempotent=idempotent)
+
+    async def pipeline(
+        self, commands: Sequence[Sequence[Arg]], *, idempotent: bool = False
+    ) -> list[object]:
+        return await self._client.pipeline(commands, key=self._key, idempotent=idempotent)
+
+    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> object:
+        return await self._client.evalsha(script, keys, args)
+
+    async def execute_blocking(
+        self, *args: Arg, on_cancelled_reply: OnCancelledReply | None = None
+    ) -> object:
+        return await self._client.execute_blocking(
+            *args, key=self._key, on_cancelled_reply=on_cancelled_reply
+        )
+
+
+class ClusterKeySpace:
+    """Hash-tagged keys on a Redis Cluster (layout in the module docstring)."""
+
+    def __init__(self, client: ClusterClient, prefix: str) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                f"prefix {prefix!r} contains a brace; on a Redis Cluster the layer wraps each "
+                f"channel and group name in a hash tag ({{...}}), and a brace in the prefix "
+                f"would put every key in one slot. Choose a prefix without '{{' and '}}'"
+            )
+        self.prefix = prefix
+        self._client = client
+
+    def channel_key(self, channel: str) -> bytes:
+        return f"{self.prefix}{{{non_local_name(channel)}}}".encode()
+
+    def group_key(self, group: str) -> bytes:
+        return f"{self.prefix}:group:{{{group}}}".encode()
+
+    def channel_home(self, channel: str) -> KeyHome:
+        return _SlotHome(self._client, self.channel_key(channel))
+
+    def group_home(self, group: str) -> KeyHome:
+        return _SlotHome(self._client, self.group_key(group))
+
+    def shard_of(self, name: str) -> int:
+        return 0  # one cluster is one logical server
+
+    async def eval_batched(
+        self,
+        script: Script,
+        keys: Mapping[bytes, str],
+        args_for: Callable[[list[bytes]], Sequence[Arg]],
+    ) -> list[object]:
+        by_slot: dict[int, list[bytes]] = {}
+        for key in keys:
+            by_slot.setdefault(key_slot(key), []).append(key)
+        # One script call per slot, and every node gets its calls in one pipeline.
+        return await self._client.pipeline_by_key(
+            [
+                (batch[0], self._client.script_command(script, batch, args_for(batch)))
+                for batch in by_slot.values()
+            ]
+        )
+
+    async def delete_matching(self) -> None:
+        pattern = Router(self.prefix, 1).scan_pattern()
+        for node in await self._client.primaries():
+            execute = functools.partial(self._client.execute_on, node)
+            async for keys in _scan(execute, pattern):
+                # UNLINK of several keys needs them in one slot: one UNLINK per key,
+                # each node's share in one pipeline.
+                await self._client.pipeline_by_key(
+                    [(key, ("UNLINK", key)) for key in keys], idempotent=True
+                )
+
+    def reconnects(self) -> int:
+        return sum(node.reconnects for node in self._client.statistics().nodes.values())
+
+    def describe(self) -> str:
+        return f"cluster {self._client!r}"
+
+
+async def _scan(
+    execute: Callable[..., Awaitable[object]], pattern: bytes
+) -> AsyncIterator[list[bytes]]:
+    """The keys of one server that match ``pattern``, a ``SCAN`` batch at a time."""
+    cursor: object = b"0"
+    while True:
+        reply = await execute("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
+        if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], bytes)):
+            raise ResponseError(f"unexpected SCAN reply {reply!r:.100}")
+        cursor, keys = reply
+        if isinstance(keys, list) and keys:
+            yield [key for key in keys if isinstance(key, bytes)]
+        if cursor == b"0":
+            return

@@ -195,7 +195,9 @@ async def test_local_channels_lose_and_duplicate_nothing_under_cancelled_receive
         assert completed == n_channels * senders_per_channel * per_sender
         assert layer.statistics().messages_received == completed
         # Nothing is left over, in Redis (all local channels share one key) or in a buffer.
-        assert await layer._keys.pools[0].execute("ZCARD", layer._keys.channel_key(channels[0])) == 0
+        assert (
+            await layer._keys.pools[0].execute("ZCARD", layer._keys.channel_key(channels[0])) == 0
+        )
         for channel in channels:
             with anyio.move_on_after(0.05) as scope:
                 extra = await layer.receive(channel)

@@ -1,8 +1,8 @@
 """The cluster client against a real local Redis Cluster: routing, scripts, pipelines,
 slot migrations (MOVED and ASK) and a primary failover.
 
-One 3-primary / 3-replica cluster serves the whole module (a module-scoped,
-synchronous fixture: startup takes about two seconds). Tests that change the
+The session's 3-primary / 3-replica cluster (the ``redis_cluster`` fixture of
+:mod:`anyio_layer.testing.pytest_plugin`) serves the whole module. Tests that change the
 topology (migrations, failover) leave it healthy and never assume which node
 serves which slot: they ask the cluster.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -45,15 +45,6 @@ SET_TWO = Script(
     "redis.call('SET', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2]) "
     "return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}"
 )
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisCluster]:
-    cluster = RedisCluster.launch(primaries=3, replicas=1)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import ssl
 import pytest
 
 from anyio_layer._hosts import (
+    ClusterConfig,
     SentinelConfig,
     ServerConfig,
     TCPAddress,
@@ -177,3 +178,69 @@ def test_errors_do_not_leak_passwords() -> None:
     with pytest.raises(ConfigurationError) as info:
         parse_hosts(["redis://u:topsecret@x:notaport"])
     assert "topsecret" not in str(info.value)
+
+
+# -- Redis Cluster seeds ------------------------------------------------------------
+
+
+def test_cluster_seeds_in_every_form() -> None:
+    config = parse_hosts(
+        [
+            "redis+cluster://user:secret@10.0.0.1:7000",
+            "redis://user:secret@10.0.0.2:7001?cluster=true",
+            {"address": "redis://10.0.0.3:7002", "cluster": True, "username": "user",
+             "password": "secret"},
+            {"host": "10.0.0.4", "port": 7003, "cluster": "yes", "username": "user",
+             "password": "secret"},
+        ]
+    )  # fmt: skip
+    assert isinstance(config, ClusterConfig)
+    assert [seed.address for seed in config.seeds] == [
+        TCPAddress("10.0.0.1", 7000),
+        TCPAddress("10.0.0.2", 7001),
+        TCPAddress("10.0.0.3", 7002),
+        TCPAddress("10.0.0.4", 7003),
+    ]
+    assert config.options.username == "user"
+    assert config.options.password == "secret"
+    assert "secret" not in str(config)
+    assert "secret" not in repr(config)
+    assert parse_hosts(config) is config  # already parsed: passed through
+
+
+@pytest.mark.parametrize(
+    ("scheme", "tls"),
+    [("redis+cluster", False), ("rediss+cluster", True), ("valkey+cluster", False),
+     ("valkeys+cluster", True)],
+)  # fmt: skip
+def test_cluster_schemes(scheme: str, tls: bool) -> None:
+    config = parse_hosts([f"{scheme}://node:7000"])
+    assert isinstance(config, ClusterConfig)
+    (seed,) = config.seeds
+    assert seed.cluster
+    assert seed.address == TCPAddress("node", 7000)
+    assert (seed.options.tls is not None) == tls
+
+
+def test_cluster_false_is_a_plain_server() -> None:
+    (config,) = parse_hosts([{"host": "a", "port": 1, "cluster": False}])
+    assert config == ServerConfig(TCPAddress("a", 1))
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        (["redis+cluster://a:7000", "redis://b:6379"], "mixes Redis Cluster seeds"),
+        (["redis+cluster://a:7000/3"], "only has database 0"),
+        ([{"unix_socket_path": "/tmp/r.sock", "cluster": True}], "reached over TCP"),
+        (["unix:///tmp/r.sock?cluster=true"], "cluster nodes are reached over TCP"),
+        ([{"sentinels": [("s", 26379)], "master_name": "m", "cluster": True}], "Sentinel"),
+        (["redis+cluster://a:7000", "redis+cluster://:pw@b:7000"], "same connection options"),
+        ([{"host": "a", "cluster": "maybe"}], "cluster must be true or false"),
+        (["redis://a:7000?cluster=perhaps"], "cluster must be true or false"),
+        (["foo+cluster://a:7000"], "redis\\+cluster://"),
+    ],
+)  # fmt: skip
+def test_bad_cluster_hosts(hosts: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        parse_hosts(hosts)

@@ -26,8 +26,17 @@ from anyio_layer.testing import RedisServer, find_all_redis_servers
 pytestmark = pytest.mark.anyio
 
 
-async def test_send_receive_local_and_normal(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url]) as layer:
+@pytest.fixture(params=["server", "cluster"])
+def layer_hosts(request: pytest.FixtureRequest) -> list[str]:
+    """``hosts`` for one server, then for a Redis Cluster: the behaviour must not differ."""
+    if request.param == "server":
+        return [request.getfixturevalue("redis_url")]
+    hosts: list[str] = request.getfixturevalue("redis_cluster_hosts")
+    return hosts
+
+
+async def test_send_receive_local_and_normal(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts) as layer:
         local = await layer.new_channel()
         assert re.fullmatch(rf"specific\.{layer.client_prefix}![0-9a-f]{{32}}", local)
         await layer.send(local, {"type": "a", "n": 1})
@@ -38,8 +47,8 @@ async def test_send_receive_local_and_normal(redis_url: str) -> None:
         assert stats.messages_sent == stats.messages_received == 2
 
 
-async def test_fifo_per_channel(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url], capacity=1000) as layer:
+async def test_fifo_per_channel(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts, capacity=1000) as layer:
         channels = [await layer.new_channel() for _ in range(3)]
         for i in range(200):
             for channel in channels:
@@ -50,8 +59,8 @@ async def test_fifo_per_channel(redis_url: str) -> None:
         assert [(await layer.receive("queue"))["i"] for _ in range(200)] == list(range(200))
 
 
-async def test_receivers_wait_for_messages(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url]) as layer:
+async def test_receivers_wait_for_messages(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts) as layer:
         local = await layer.new_channel()
         received: list[dict[str, object]] = []
 
@@ -88,8 +97,8 @@ async def test_many_local_channels_share_one_reader(
         assert all(results[channel]["to"] == channel for channel in channels)
 
 
-async def test_groups(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url]) as layer:
+async def test_groups(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts) as layer:
         a, b, c = [await layer.new_channel() for _ in range(3)]
         await layer.group_add("room", a)
         await layer.group_add("room", b)
@@ -142,8 +151,8 @@ async def test_group_send_one_round_trip_per_shard(
             assert await layer.receive(channel) == {"type": "fanout"}
 
 
-async def test_group_membership_expires(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url], group_expiry=1) as layer:
+async def test_group_membership_expires(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts, group_expiry=1) as layer:
         channel = await layer.new_channel()
         await layer.group_add("brief", channel)
         await anyio.sleep(2.1)
@@ -153,12 +162,12 @@ async def test_group_membership_expires(redis_url: str) -> None:
         assert scope.cancelled_caught
 
 
-async def test_capacity_and_channel_capacity(redis_url: str) -> None:
+async def test_capacity_and_channel_capacity(layer_hosts: list[str]) -> None:
     config = {
         "capacity": 3,
         "channel_capacity": {"small*": 1, re.compile(r"^big\..*"): 5},
     }
-    async with open_redis_layer(hosts=[redis_url], **config) as layer:  # type: ignore[arg-type]
+    async with open_redis_layer(hosts=layer_hosts, **config) as layer:  # type: ignore[arg-type]
         for _ in range(3):
             await layer.send("default", {"type": "x"})
         with pytest.raises(ChannelFull):
@@ -180,8 +189,8 @@ async def test_capacity_and_channel_capacity(redis_url: str) -> None:
         assert await layer.receive("fresh") == {"type": "y"}
 
 
-async def test_expiry(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url], expiry=1) as layer:
+async def test_expiry(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts, expiry=1) as layer:
         local = await layer.new_channel()
         await layer.send(local, {"type": "stale"})
         await layer.send("normal", {"type": "stale"})
@@ -214,10 +223,10 @@ async def test_busy_local_consumer_pushes_back_on_senders(
         assert layer.statistics().local_buffer_overflows == 0
 
 
-async def test_local_buffer_overflow_drops_oldest_and_counts(redis_url: str) -> None:
+async def test_local_buffer_overflow_drops_oldest_and_counts(layer_hosts: list[str]) -> None:
     async with (
-        open_redis_layer(hosts=[redis_url], capacity=5) as layer,
-        open_redis_layer(hosts=[redis_url], capacity=5) as sender,  # another process
+        open_redis_layer(hosts=layer_hosts, capacity=5) as layer,
+        open_redis_layer(hosts=layer_hosts, capacity=5) as sender,  # another process
     ):
         busy = await layer.new_channel()
         other = await layer.new_channel()
@@ -231,8 +240,8 @@ async def test_local_buffer_overflow_drops_oldest_and_counts(redis_url: str) -> 
         assert [(await layer.receive(busy))["i"] for _ in range(5)] == [5, 6, 7, 8, 9]
 
 
-async def test_scoped_channel(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url]) as layer:
+async def test_scoped_channel(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts) as layer:
         async with layer.open_channel("lobby", "news") as channel:
             assert channel.groups == ["lobby", "news"]
             await layer.group_send("lobby", {"type": "one"})
@@ -284,14 +293,14 @@ async def test_flush_prefix_with_glob_characters(redis_url: str, redis_server: R
     assert redis_server.execute("EXISTS", "a*chan") == 0
 
 
-async def test_encryption_and_json(redis_url: str) -> None:
+async def test_encryption_and_json(layer_hosts: list[str]) -> None:
     keys = ["a-key-with-enough-entropy-0123456789abcdef"]
     async with (
         open_redis_layer(
-            hosts=[redis_url], symmetric_encryption_keys=keys, serializer_format="json"
+            hosts=layer_hosts, symmetric_encryption_keys=keys, serializer_format="json"
         ) as layer,
         open_redis_layer(
-            hosts=[redis_url], symmetric_encryption_keys=["another-key-entirely-0123456789"]
+            hosts=layer_hosts, symmetric_encryption_keys=["another-key-entirely-0123456789"]
         ) as wrong,
     ):
         await layer.send("secret", {"type": "s", "text": "hidden"})
@@ -304,8 +313,8 @@ async def test_encryption_and_json(redis_url: str) -> None:
         assert await layer.receive("secret") == {"type": "next"}
 
 
-async def test_bad_input(redis_url: str) -> None:
-    async with open_redis_layer(hosts=[redis_url], max_message_size=1000) as layer:
+async def test_bad_input(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts, max_message_size=1000) as layer:
         with pytest.raises(InvalidChannelName, match="Channel name must be a valid"):
             await layer.send("bad name", {"type": "x"})
         with pytest.raises(InvalidChannelName):
@@ -414,9 +423,9 @@ async def test_no_task_outlives_the_layer(redis_url: str, anyio_backend: str) ->
     assert task_count() == before
 
 
-async def test_errors_inside_the_block_propagate_unwrapped(redis_url: str) -> None:
+async def test_errors_inside_the_block_propagate_unwrapped(layer_hosts: list[str]) -> None:
     with pytest.raises(KeyError):
-        async with open_redis_layer(hosts=[redis_url]):
+        async with open_redis_layer(hosts=layer_hosts):
             raise KeyError("mine")
 
 
@@ -489,9 +498,9 @@ async def test_sharding_across_hosts(redis_server_factory: Callable[..., RedisSe
         assert len(used) > 1, "test channels should spread over several shards"
 
 
-async def test_layers_of_one_family_hand_over_buffered_messages(redis_url: str) -> None:
+async def test_layers_of_one_family_hand_over_buffered_messages(layer_hosts: list[str]) -> None:
     """What the Channels adapter relies on: one layer per event loop, one family."""
-    family = {"hosts": [redis_url], "client_prefix_family": "fam"}
+    family = {"hosts": layer_hosts, "client_prefix_family": "fam"}
     async with open_redis_layer(client_prefix="fam-1", **family) as first:
         channel = await first.new_channel()
         assert "fam-1!" in channel

@@ -426,6 +426,11 @@ class RedisCluster:
         """URLs to give a cluster client as seeds: up to three running nodes."""
         return self.urls[:3]
 
+    @property
+    def hosts(self) -> list[str]:
+        """The ``hosts`` setting of a channel layer on this cluster: ``redis+cluster://`` seeds."""
+        return ["redis+cluster://" + url.removeprefix("redis://") for url in self.seed_urls]
+
     def node_id(self, node: RedisServer) -> str:
         """The node's cluster id (``CLUSTER MYID``; remembered, so it works for dead nodes)."""
         port = node.port

@@ -16,6 +16,9 @@ Then::
         server.kill()
         server.start()  # same port
 
+    def test_on_a_cluster(redis_cluster_hosts):
+        ...  # hosts=redis_cluster_hosts: an empty, healthy 3-primary cluster
+
 The fixtures are synchronous, so they work with any async framework (both
 anyio backends included). The ``redis-server`` binary is found with
 :func:`anyio_layer.testing.find_redis_server`; set ``$REDIS_SERVER`` to
@@ -35,8 +38,16 @@ from anyio_layer.testing import (
     SentinelServer,
     _close_all,
 )
+from anyio_layer.testing.cluster import RedisCluster
 
-__all__ = ["RedisServerFactory", "redis_server", "redis_server_factory", "redis_url"]
+__all__ = [
+    "RedisServerFactory",
+    "redis_cluster",
+    "redis_cluster_hosts",
+    "redis_server",
+    "redis_server_factory",
+    "redis_url",
+]
 
 
 class RedisServerFactory:
@@ -169,3 +180,35 @@ def redis_server_factory() -> Iterator[RedisServerFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One Redis Cluster (3 primaries, 1 replica each) for the whole test session.
+
+    Started on first use (about two seconds), closed at the end of the
+    session. Prefer :func:`redis_cluster_hosts`, which also heals and empties
+    it before each test. Tests may kill nodes or migrate slots: the next
+    test gets the dead nodes restarted (as replicas of whoever replaced them).
+    """
+    cluster = RedisCluster.launch(primaries=3, replicas=1)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_hosts(redis_cluster: RedisCluster) -> list[str]:
+    """``hosts`` for a layer on the session's cluster, healthy and emptied for this test.
+
+    Nodes an earlier test killed are started again, then it waits until every
+    node agrees on the slot map and runs ``FLUSHALL`` and ``SCRIPT FLUSH`` on
+    every primary. The seeds are ``redis+cluster://`` URLs.
+    """
+    for node in redis_cluster.nodes:
+        if not node.running:
+            node.start()
+    redis_cluster.wait_until_stable(replicas_synced=True)
+    redis_cluster.flushall()
+    return redis_cluster.hosts

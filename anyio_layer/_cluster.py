@@ -75,7 +75,7 @@ import anyio.abc
 
 from ._connection import raise_for_reply
 from ._hosts import ConnectionOptions, SentinelConfig, ServerConfig, TCPAddress, parse_host
-from ._pool import ConnectionPool, PoolStatistics, open_pool
+from ._pool import ConnectionPool, PoolStatistics
 from ._resp import Arg, ErrorReply
 from ._scripts import Script
 from ._tasks import open_service_task_group
@@ -386,7 +386,6 @@ class ClusterClient:
         self._slots: list[TCPAddress | None] = [None] * CLUSTER_SLOTS
         self._shards: tuple[_Shard, ...] = ()
         self._pools: dict[TCPAddress, ConnectionPool] = {}
-        self._pool_lock = anyio.Lock()
         self._refresh_lock = anyio.Lock()
         self._refresh_wanted = anyio.Event()
         self._generation = 0  # bumped by every successful discovery
@@ -558,6 +557,28 @@ class ClusterClient:
         """The primaries that serve slots, per the current topology (discovered if needed)."""
         await self._ensure_topology()
         return [ServerConfig(shard.primary, self.options) for shard in self._shards]
+
+    @property
+    def seeds(self) -> tuple[TCPAddress, ...]:
+        """The seed nodes the client was opened with."""
+        return self._seeds
+
+    async def node_pool(self, node: ServerConfig | TCPAddress) -> ConnectionPool:
+        """The connection pool of one node (opened on first use, closed with the client).
+
+        For what the client does not route itself, such as a subscriber
+        connection borrowed with :meth:`ConnectionPool.connection
+        <anyio_layer._pool.ConnectionPool.connection>`: it lives as long as the
+        block that borrows it, and nothing follows redirections on it.
+
+        Raises:
+            ConfigurationError: ``node`` is not a TCP address.
+            LayerClosedError: the client is closed.
+        """
+        address = node.address if isinstance(node, ServerConfig) else node
+        if not isinstance(address, TCPAddress):
+            raise ConfigurationError(f"cluster nodes are reached over TCP, not {address}")
+        return await self._pool(address)
 
     async def execute_on(self, node: ServerConfig | TCPAddress, *args: Arg) -> object:
         """Run a command on one given node, without any redirection handling.
@@ -917,28 +938,26 @@ class ClusterClient:
     # -- pools ------------------------------------------------------------------------------
 
     async def _pool(self, address: TCPAddress) -> ConnectionPool:
-        """The pool for ``address``, opened on first use in the client's task group."""
+        """The pool for ``address``, created on first use; :func:`open_cluster` closes it.
+
+        The pool belongs to the client, not to a task: its background tasks
+        run in the client's task group, and it is closed when the ``async
+        with`` block of :func:`open_cluster` ends. (Were it served by a task of
+        its own, an event loop shutting down, which cancels every task at
+        once, could close it while the client's owner still needs it to clean up.)
+        """
         pool = self._pools.get(address)
-        if pool is not None:
-            return pool
-        self._check_open()
-        async with self._pool_lock:
-            pool = self._pools.get(address)
-            if pool is None:
-                pool = await self._task_group.start(self._serve_pool, address)
-                self._pools[address] = pool
+        if pool is None:
+            self._check_open()
+            pool = ConnectionPool(ServerConfig(address, self.options), self._task_group)
+            self._pools[address] = pool
         return pool
 
-    async def _serve_pool(
-        self,
-        address: TCPAddress,
-        *,
-        task_status: anyio.abc.TaskStatus[ConnectionPool] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Hold one node's pool open until the client closes (cancelling this task)."""
-        async with open_pool(ServerConfig(address, self.options)) as pool:
-            task_status.started(pool)
-            await anyio.sleep_forever()
+    async def _close_pools(self) -> None:
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            for pool in self._pools.values():
+                await pool._aclose()
 
     async def _background_refresher(self) -> None:
         """Refresh the topology when asked (after ``MOVED``), at most every ``refresh_interval``."""
@@ -1071,4 +1090,4 @@ async def open_cluster(
         try:
             yield client
         finally:
-            client._closed = True
+            await client._close_pools()

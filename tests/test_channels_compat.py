@@ -18,6 +18,7 @@ from channels.layers import BaseChannelLayer
 import channels_compat
 from anyio_layer.exceptions import ConfigurationError
 from anyio_layer.testing import RedisServer
+from anyio_layer.testing.cluster import RedisCluster
 from channels_compat import RedisChannelLayer, RedisPubSubChannelLayer
 from channels_compat import serializers as compat_serializers
 
@@ -93,6 +94,29 @@ def test_round_trip_from_sync_code(redis_url: str) -> None:
     # Each call above ran in its own short-lived event loop.
     received = [async_to_sync(layer.receive)(channel) for _ in range(2)]
     assert received == [{"type": "hello"}, {"type": "direct"}]
+
+
+def test_round_trip_from_sync_code_on_a_cluster(
+    redis_cluster: RedisCluster, redis_cluster_hosts: list[str]
+) -> None:
+    """The same CONFIG with cluster seeds as hosts; every loop's layer closes its connections."""
+    layer = RedisChannelLayer(hosts=redis_cluster_hosts)
+    assert layer.ring_size == 1
+    channel = async_to_sync(layer.new_channel)()
+    for group in ("room", "lobby"):
+        async_to_sync(layer.group_add)(group, channel)
+        async_to_sync(layer.group_add)(group, "worker")
+    for i in range(100):
+        async_to_sync(layer.group_send)("room" if i % 2 else "lobby", {"type": "n", "i": i})
+    received = [async_to_sync(layer.receive)(channel)["i"] for _ in range(100)]
+    assert received == list(range(100))
+    assert [async_to_sync(layer.receive)("worker")["i"] for _ in range(100)] == received
+    gc.collect()
+    for node in redis_cluster.running_nodes():
+        listing = node.execute("CLIENT", "LIST", "TYPE", "normal")
+        assert isinstance(listing, bytes)
+        assert len(listing.splitlines()) == 1  # only the connection asking
+    assert layer._runtime.open_loops() == 0
 
 
 def test_pubsub_round_trip(redis_url: str) -> None:

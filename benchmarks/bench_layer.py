@@ -156,6 +156,15 @@ class Layers:
 # -- contenders -----------------------------------------------------------------
 
 
+def hosts_of(url: str) -> list[str]:
+    """Our layers' ``hosts`` for a run's ``url``: one URL, or several joined by commas.
+
+    ``bench_cluster.py`` passes a Redis Cluster's seeds (``redis+cluster://...``)
+    that way, through the same ``url`` argument, to the worker process too.
+    """
+    return url.split(",")
+
+
 @asynccontextmanager
 async def open_channels_redis(url: str) -> AsyncIterator[Layer]:
     layer = RedisChannelLayer(hosts=[url], **LAYER_OPTIONS)
@@ -168,7 +177,7 @@ async def open_channels_redis(url: str) -> AsyncIterator[Layer]:
 
 @asynccontextmanager
 async def open_ours(url: str) -> AsyncIterator[Layer]:
-    async with open_redis_layer(hosts=[url], **LAYER_OPTIONS) as layer:
+    async with open_redis_layer(hosts=hosts_of(url), **LAYER_OPTIONS) as layer:
         yield layer
 
 

@@ -105,6 +105,7 @@ from bench_layer import (
     describe_error,
     environment,
     format_table,
+    hosts_of,
     layer_statistics,
     measured,
     message,
@@ -153,7 +154,7 @@ async def open_channels_redis(url: str) -> AsyncIterator[Layer]:
 @asynccontextmanager
 async def open_ours(url: str) -> AsyncIterator[Layer]:
     async with open_pubsub_layer(
-        hosts=[url], prefix=PREFIX, serializer_format=SERIALIZER, capacity=CAPACITY
+        hosts=hosts_of(url), prefix=PREFIX, serializer_format=SERIALIZER, capacity=CAPACITY
     ) as layer:
         yield layer
 
@@ -175,13 +176,44 @@ def group_channel(group: str) -> str:
     return f"{PREFIX}__group__{group}"
 
 
+CLUSTER_SCHEME: Final = "redis+cluster://"
+
+
 def _numsub(url: str, names: Sequence[str]) -> dict[str, int]:
+    """Subscribers per Redis channel name: ``PUBSUB NUMSUB`` on the server.
+
+    For a Redis Cluster (``url`` holds ``redis+cluster://`` seeds, as
+    ``bench_cluster.py`` passes them) every node counts only its own
+    subscribers, so every node is asked, and sharded subscriptions
+    (``SSUBSCRIBE``, counted by ``PUBSUB SHARDNUMSUB``) count too.
+    """
+    seeds = hosts_of(url)
+    if not seeds[0].startswith(CLUSTER_SCHEME):
+        return _node_numsub(url, names, sharded=False)
+    seed = redis.Redis.from_url(seeds[0].replace(CLUSTER_SCHEME, "redis://", 1))
+    try:
+        nodes = list(seed.cluster("NODES"))  # {"host:port": {...}, ...}
+    finally:
+        seed.close()
+    totals = dict.fromkeys(names, 0)
+    for node in nodes:
+        for name, count in _node_numsub(f"redis://{node}", names, sharded=True).items():
+            totals[name] += count
+    return totals
+
+
+def _node_numsub(url: str, names: Sequence[str], *, sharded: bool) -> dict[str, int]:
     admin = redis.Redis.from_url(url)
     try:
-        counts = admin.pubsub_numsub(*names)
+        replies = list(admin.pubsub_numsub(*names))
+        if sharded:
+            replies += admin.pubsub_shardnumsub(*names)
     finally:
         admin.close()
-    return {name.decode(): int(count) for name, count in counts}
+    counts = dict.fromkeys(names, 0)
+    for name, count in replies:
+        counts[name.decode() if isinstance(name, bytes) else name] += int(count)
+    return counts
 
 
 async def wait_subscribed(url: str, names: Sequence[str]) -> None:

@@ -732,11 +732,14 @@ class ClusterClient:
         commands that followed it.
         """
         pool = self._pools.get(address) or await self._pool(address)
-        if len(group) == 1 and group[0].ask is None and not self._scripts:
-            # The fast path: one plain command.
-            (group[0].reply,) = await pool.pipeline((group[0].command,), raise_on_error=False)
-            return
         loaded = self._loaded.setdefault(address, set())
+        if len(group) == 1 and group[0].ask is None:
+            # The fast path: one command, and no script to load first.
+            entry = group[0]
+            script = self._script_of(entry)
+            if script is None or script.sha in loaded:
+                (entry.reply,) = await pool.pipeline((entry.command,), raise_on_error=False)
+                return
         preload: dict[str, Script] = {}
         commands: list[Sequence[Arg]] = []
         for entry in group:

@@ -76,9 +76,13 @@ class KeySpace(Protocol):
 
     def group_key(self, group: str) -> bytes: ...
 
-    def channel_home(self, channel: str) -> KeyHome: ...
+    def channel(self, channel: str) -> tuple[bytes, KeyHome]:
+        """The key holding ``channel``'s messages, and where it lives."""
+        ...
 
-    def group_home(self, group: str) -> KeyHome: ...
+    def group(self, group: str) -> tuple[bytes, KeyHome]:
+        """The key holding ``group``'s members, and where it lives."""
+        ...
 
     def shard_of(self, name: str) -> int:
         """channels_redis's ``consistent_hash``: the index of the server ``name`` lives on."""
@@ -151,11 +155,13 @@ class ShardedKeySpace:
     def group_key(self, group: str) -> bytes:
         return self._router.group_key(group)
 
-    def channel_home(self, channel: str) -> KeyHome:
-        return self._homes[self._router.channel_shard(channel)]
+    def channel(self, channel: str) -> tuple[bytes, KeyHome]:
+        router = self._router
+        return router.channel_key(channel), self._homes[router.channel_shard(channel)]
 
-    def group_home(self, group: str) -> KeyHome:
-        return self._homes[self._router.group_shard(group)]
+    def group(self, group: str) -> tuple[bytes, KeyHome]:
+        router = self._router
+        return router.group_key(group), self._homes[router.group_shard(group)]
 
     def shard_of(self, name: str) -> int:
         return self._router.channel_shard(name)
@@ -246,11 +252,13 @@ class ClusterKeySpace:
     def group_key(self, group: str) -> bytes:
         return f"{self.prefix}:group:{{{group}}}".encode()
 
-    def channel_home(self, channel: str) -> KeyHome:
-        return _SlotHome(self._client, self.channel_key(channel))
+    def channel(self, channel: str) -> tuple[bytes, KeyHome]:
+        key = self.channel_key(channel)
+        return key, _SlotHome(self._client, key)
 
-    def group_home(self, group: str) -> KeyHome:
-        return _SlotHome(self._client, self.group_key(group))
+    def group(self, group: str) -> tuple[bytes, KeyHome]:
+        key = self.group_key(group)
+        return key, _SlotHome(self._client, key)
 
     def shard_of(self, name: str) -> int:
         return 0  # one cluster is one logical server

@@ -320,9 +320,10 @@ class QueueLayer(ScopedChannels):
             message = {**message, RESERVED_KEY: channel}
         payload = self._encode(message)
         now = time.time()
-        reply = await self._keys.channel_home(channel).evalsha(
+        key, home = self._keys.channel(channel)
+        reply = await home.evalsha(
             _SEND,
-            [self._keys.channel_key(channel)],
+            [key],
             [
                 payload,
                 repr(now),
@@ -350,8 +351,8 @@ class QueueLayer(ScopedChannels):
         _check_message(message)
         plain = self._encode(message)  # also rejects what cannot be sent, even to nobody
         now = time.time()
-        group_key = self._keys.group_key(group)
-        _, members = await self._keys.group_home(group).pipeline(
+        group_key, group_home = self._keys.group(group)
+        _, members = await group_home.pipeline(
             [
                 ("ZREMRANGEBYSCORE", group_key, 0, int(now) - self.group_expiry),
                 ("ZRANGE", group_key, 0, -1),
@@ -406,8 +407,8 @@ class QueueLayer(ScopedChannels):
         self._check_open()
         validate_group_name(group)
         validate_channel_name(channel)
-        key = self._keys.group_key(group)
-        await self._keys.group_home(group).pipeline(
+        key, home = self._keys.group(group)
+        await home.pipeline(
             [("ZADD", key, repr(time.time()), channel), ("EXPIRE", key, self.group_expiry)],
             idempotent=True,
         )
@@ -417,9 +418,8 @@ class QueueLayer(ScopedChannels):
         self._check_open()
         validate_group_name(group)
         validate_channel_name(channel)
-        await self._keys.group_home(group).execute(
-            "ZREM", self._keys.group_key(group), channel, idempotent=True
-        )
+        key, home = self._keys.group(group)
+        await home.execute("ZREM", key, channel, idempotent=True)
 
     # -- receiving ------------------------------------------------------------
 
@@ -521,8 +521,7 @@ class QueueLayer(ScopedChannels):
                 del self._receive_locks[channel]
 
     async def _pop_normal(self, channel: str) -> dict[str, Any]:
-        home = self._keys.channel_home(channel)
-        key = self._keys.channel_key(channel)
+        key, home = self._keys.channel(channel)
 
         async def put_back(reply: object) -> None:
             await self._put_back(home, key, [_popped_entry(reply)])
@@ -558,8 +557,7 @@ class QueueLayer(ScopedChannels):
         capacity check makes senders back off with ChannelFull, as with
         channels_redis.
         """
-        home = self._keys.channel_home(local_key)
-        key = self._keys.channel_key(local_key)
+        key, home = self._keys.channel(local_key)
         use_bzmpop = True
 
         async def put_back(reply: object) -> None:
@@ -632,9 +630,9 @@ class QueueLayer(ScopedChannels):
             buffer.messages.clear()
         for local_key, entries in by_key.items():
             if entries:
-                home = self._keys.channel_home(local_key)
+                key, home = self._keys.channel(local_key)
                 try:
-                    await self._put_back(home, self._keys.channel_key(local_key), entries)
+                    await self._put_back(home, key, entries)
                 except (RedisError, LayerClosedError) as exc:
                     logger.warning("lost %d buffered messages on close: %s", len(entries), exc)
 

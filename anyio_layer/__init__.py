@@ -8,7 +8,11 @@ layout)::
             await layer.group_send("room", {"type": "chat.message", "text": "hi"})
             message = await channel.receive()
 
-The Redis client underneath is usable on its own: :func:`open_pool`.
+The pub/sub layer (channels_redis's ``RedisPubSubChannelLayer``) is
+:func:`open_pubsub_layer`. Both take the same ``hosts``: one server, several
+(sharded by the client), or the seeds of a Redis Cluster
+(``redis+cluster://host:port``). The Redis client underneath is usable on its
+own: :func:`open_pool`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from .exceptions import (
     AuthenticationError,
     ChannelFull,
     ChannelLayerError,
+    ClusterUnavailableError,
     ConfigurationError,
+    CrossSlotError,
     InvalidChannelName,
     InvalidGroupName,
     InvalidMessage,
@@ -31,7 +37,9 @@ from .exceptions import (
     RedisError,
     RedisTimeoutError,
     ResponseError,
+    TooManyRedirectionsError,
 )
+from .pubsub_layer import PubSubLayer, PubSubStatistics, open_pubsub_layer
 from .queue_layer import LayerChannel, LayerStatistics, QueueLayer, open_redis_layer
 
 __version__ = "0.1.0"
@@ -40,8 +48,10 @@ __all__ = [
     "AuthenticationError",
     "ChannelFull",
     "ChannelLayerError",
+    "ClusterUnavailableError",
     "ConfigurationError",
     "ConnectionPool",
+    "CrossSlotError",
     "InvalidChannelName",
     "InvalidGroupName",
     "InvalidMessage",
@@ -52,12 +62,16 @@ __all__ = [
     "MessageTooLarge",
     "PoolStatistics",
     "ProtocolError",
+    "PubSubLayer",
+    "PubSubStatistics",
     "QueueLayer",
     "RedisConnectionError",
     "RedisError",
     "RedisTimeoutError",
     "ResponseError",
     "Script",
+    "TooManyRedirectionsError",
     "open_pool",
+    "open_pubsub_layer",
     "open_redis_layer",
 ]

@@ -81,13 +81,15 @@ from ._scripts import Script
 from ._tasks import open_service_task_group
 from .exceptions import (
     AuthenticationError,
-    ChannelLayerError,
+    ClusterUnavailableError,
     ConfigurationError,
+    CrossSlotError,
     LayerClosedError,
     ProtocolError,
     RedisConnectionError,
     RedisError,
     ResponseError,
+    TooManyRedirectionsError,
 )
 
 __all__ = [
@@ -116,33 +118,6 @@ _K = TypeVar("_K", bound=Arg)
 
 
 # -- errors ------------------------------------------------------------------------
-
-
-class CrossSlotError(ChannelLayerError, ValueError):
-    """The keys of one script or one pipeline do not all hash to the same slot.
-
-    Redis Cluster only runs a multi-key command when all its keys live in one
-    slot. Give the keys a common hash tag: only the part between the first
-    ``{`` and the next ``}`` is hashed, so ``{room42}:members`` and
-    ``{room42}:messages`` share a slot.
-    """
-
-
-class TooManyRedirectionsError(ResponseError):
-    """A command was redirected (``MOVED``/``ASK``) more than ``max_redirections`` times.
-
-    The cluster is reconfiguring faster than the client can follow, or its
-    nodes disagree about who serves the slot. ``code`` is the last
-    redirection's (``"MOVED"`` or ``"ASK"``).
-    """
-
-
-class ClusterUnavailableError(ResponseError):
-    """The cluster kept answering ``CLUSTERDOWN``, ``TRYAGAIN`` or ``LOADING``.
-
-    Raised after retrying for ``retry_timeout`` seconds; ``code`` is the last
-    reply's. The command did not run.
-    """
 
 
 # -- hash slots --------------------------------------------------------------------

@@ -16,6 +16,14 @@ Redis failures are split by what the caller can do about them:
 * :class:`ResponseError`: Redis answered with an error reply; ``code`` holds
   its first word (``"WRONGTYPE"``, ``"NOSCRIPT"``, ``"READONLY"``, ...).
 * :class:`AuthenticationError`: the server refused our credentials.
+
+On a Redis Cluster, also:
+
+* :class:`ClusterUnavailableError`: the cluster kept answering that it cannot
+  serve the command right now (during a failover, say); the command did not run.
+* :class:`TooManyRedirectionsError`: the cluster moved a slot more often than
+  the client could follow.
+* :class:`CrossSlotError`: the keys of one script do not share a slot.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ __all__ = [
     "ChannelClosedError",
     "ChannelFull",
     "ChannelLayerError",
+    "ClusterUnavailableError",
     "ConfigurationError",
+    "CrossSlotError",
     "InvalidChannelName",
     "InvalidGroupName",
     "InvalidMessage",
@@ -37,6 +47,7 @@ __all__ = [
     "RedisError",
     "RedisTimeoutError",
     "ResponseError",
+    "TooManyRedirectionsError",
 ]
 
 
@@ -126,3 +137,30 @@ class MessageTooLarge(InvalidMessage, ValueError):
 
 class MessageDecodeError(ChannelLayerError, ValueError):
     """A message read from Redis could not be decrypted or deserialized."""
+
+
+class CrossSlotError(ChannelLayerError, ValueError):
+    """The keys of one script or one pipeline do not all hash to the same slot.
+
+    Redis Cluster only runs a multi-key command when all its keys live in one
+    slot. Give the keys a common hash tag: only the part between the first
+    ``{`` and the next ``}`` is hashed, so ``{room42}:members`` and
+    ``{room42}:messages`` share a slot.
+    """
+
+
+class TooManyRedirectionsError(ResponseError):
+    """A command was redirected (``MOVED``/``ASK``) more than ``max_redirections`` times.
+
+    The cluster is reconfiguring faster than the client can follow, or its
+    nodes disagree about who serves the slot. ``code`` is the last
+    redirection's (``"MOVED"`` or ``"ASK"``).
+    """
+
+
+class ClusterUnavailableError(ResponseError):
+    """The cluster kept answering ``CLUSTERDOWN``, ``TRYAGAIN`` or ``LOADING``.
+
+    Raised after retrying for ``retry_timeout`` seconds; ``code`` is the last
+    reply's. The command did not run.
+    """

@@ -9,6 +9,7 @@ covers what only a cluster has. Every test gets the cluster healthy and empty
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,6 +179,55 @@ async def test_no_connection_outlives_the_layer(
     with anyio.fail_after(5):
         while clients_connected(redis_cluster):
             await anyio.sleep(0.05)
+
+
+async def test_cancelled_receives_lose_and_duplicate_nothing(
+    redis_cluster: RedisCluster, redis_cluster_hosts: list[str]
+) -> None:
+    """Receivers cancelled at random moments: on a cluster too, every message arrives once.
+
+    A pop that completes as its receiver is cancelled is recovered (``CLIENT
+    UNBLOCK`` on the node) and put back at its original score, through the
+    cluster client.
+    """
+    count = 400
+    rng = random.Random(7)
+    async with (
+        open_redis_layer(hosts=redis_cluster_hosts, capacity=100_000) as receiver,
+        open_redis_layer(hosts=redis_cluster_hosts, capacity=100_000) as sender,
+    ):
+        channels = [
+            *names_on_each_primary(redis_cluster, normal_key, "q"),
+            await receiver.new_channel(),
+        ]
+        got: dict[str, list[int]] = {channel: [] for channel in channels}
+        cancelled = 0
+
+        async def consume(channel: str) -> None:
+            nonlocal cancelled
+            while len(got[channel]) < count:
+                with anyio.move_on_after(rng.choice([0, 0.0001, 0.0005, 0.002, 0.01])) as scope:
+                    got[channel].append((await receiver.receive(channel))["i"])
+                cancelled += scope.cancelled_caught
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for channel in channels:
+                    for _ in range(3):
+                        tg.start_soon(consume, channel)
+                for i in range(count):
+                    for channel in channels:
+                        await sender.send(channel, {"type": "n", "i": i})
+                    if i % 50 == 0:
+                        await anyio.sleep(0.01)
+    assert cancelled > 100
+    for channel in channels:
+        assert sorted(got[channel]) == list(range(count)), channel
+    with anyio.fail_after(5):
+        while clients_connected(redis_cluster):
+            await anyio.sleep(0.05)
+    for node in redis_cluster.primaries():
+        assert node.info("clients")["blocked_clients"] == "0"
 
 
 # -- faults under load --------------------------------------------------------------------------

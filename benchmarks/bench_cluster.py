@@ -599,17 +599,7 @@ def _shares(outcome: ClusterOutcome) -> str:
 def _notes(outcome: ClusterOutcome) -> str:
     result = outcome.result
     assert result is not None
-    notes = []
-    if result.calls:
-        notes.append(f"{result.calls / result.seconds:,.0f} group_send/s")
-    if result.retries:
-        notes.append(f"{result.retries:,} ChannelFull retries")
-    overflows = sum(
-        (stats or {}).get("local_buffer_overflows", 0)
-        for stats in (result.layer_stats, result.sender_stats)
-    )
-    if overflows:
-        notes.append(f"{overflows} buffer overflows")
+    notes = bench_layer.result_notes(result)
     if outcome.redirections:
         notes.append(f"{outcome.redirections} MOVED/ASK")
     return ", ".join(notes)

@@ -760,6 +760,11 @@ def run_all(
 def notes_for(outcome: Outcome) -> str:
     result = outcome.result
     assert result is not None
+    return ", ".join(result_notes(result))
+
+
+def result_notes(result: Measurement) -> list[str]:
+    """Side facts of one measurement: group_send rate, ChannelFull retries, overflows."""
     notes = []
     if result.calls:
         notes.append(f"{result.calls / result.seconds:,.0f} group_send/s")
@@ -771,7 +776,7 @@ def notes_for(outcome: Outcome) -> str:
     )
     if overflows:
         notes.append(f"{overflows} buffer overflows")
-    return ", ".join(notes)
+    return notes
 
 
 def table_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:

@@ -25,6 +25,11 @@ Differences that matter, all in the user's favour:
 * ``on_disconnect`` / ``on_reconnect`` really fire, once per event, to every
   consumer listening on the affected shard.
 * Each channel's buffer is bounded (``capacity``, default 100).
+* ``hosts`` may be the seeds of a Redis Cluster (``redis+cluster://`` URLs or
+  dicts with ``"cluster": True``; Redis 7+), which channels_redis's pub/sub
+  layer cannot use: messages go through sharded pub/sub, and a slot that moves
+  (resharding, failover) is resubscribed on its new owner, announced with
+  ``on_disconnect`` / ``on_reconnect`` (see :mod:`anyio_layer.pubsub_layer`).
 """
 
 from __future__ import annotations

@@ -648,6 +648,30 @@ class RedisCluster:
 
         return check
 
+    def manual_failover(self, replica: RedisServer, timeout: float = 15.0) -> None:
+        """Promote ``replica`` with ``CLUSTER FAILOVER`` (its primary stays up and is demoted).
+
+        A manual failover can time out on the server side and silently leave
+        the roles as they were (Redis aborts it when the primary and replica
+        do not agree within a few seconds, as happens right after an earlier
+        failover); the command is then issued again, until ``replica`` is a
+        primary or ``timeout`` passes.
+
+        Raises:
+            TimeoutError: ``replica`` was not promoted in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            replica.execute("CLUSTER", "FAILOVER")
+            attempt_ends = min(time.monotonic() + 3.0, deadline)
+            while time.monotonic() < attempt_ends:
+                role = replica.execute("ROLE")
+                if isinstance(role, list) and role and role[0] == b"master":
+                    return
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{replica!r} was not promoted within {timeout:g} s")
+
     def restart_node(self, node: RedisServer, timeout: float = 15.0) -> None:
         """Start a killed or stopped node again and wait until the cluster is stable.
 

@@ -10,7 +10,10 @@ Open it with :func:`open_redis_layer`; everything it runs lives inside that
 
 Data layout and message encoding are channels_redis 4.x's (see
 :mod:`anyio_layer._routing`), so processes running either library can share
-one Redis during a migration.
+one Redis during a migration. On a Redis Cluster (``hosts`` listing
+``redis+cluster://`` seeds) the keys carry hash tags instead, and commands
+follow their slot through failovers and resharding: the layer only ever talks
+to a :class:`~anyio_layer._keyspace.KeySpace`, which hides the difference.
 
 How messages move:
 
@@ -848,6 +851,11 @@ async def open_redis_layer(
     from any channel of the family. Messages a layer buffered but nobody
     received go back to Redis when it closes, for the next layer. By default
     the client prefix is random and a layer receives only its own channels.
+
+    ``hosts`` takes every form channels_redis accepts; several entries are
+    sharded by channels_redis's CRC32 ring. Or it lists seed nodes of a Redis
+    Cluster (``redis+cluster://host:port``, or ``"cluster": True`` in a dict):
+    see ``docs/cluster.md`` for the key layout and failover behaviour.
 
     Leaving the block stops the layer's tasks and closes every connection;
     calls made afterwards raise :class:`~anyio_layer.exceptions.LayerClosedError`.

@@ -2,8 +2,10 @@
 
     python examples/demo.py                    # the Django Channels chat, served by daphne
     python examples/demo.py --example trio     # the trio chat (anyio_layer directly)
+    python examples/demo.py --cluster          # the same, on a private Redis Cluster
 
-It starts a private ``redis-server`` (through ``anyio_layer.testing``) unless
+It starts a private ``redis-server`` (through ``anyio_layer.testing``; with
+``--cluster``, a Redis Cluster of 3 primaries and 3 replicas) unless
 ``REDIS_URL`` is set, then two server processes of a chat example on ports
 8001 and 8002, and prints the two addresses to open. A line typed in one
 window appears in the other: each server process sends it to the room's group
@@ -113,6 +115,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help=(
+            "start a private Redis Cluster (3 primaries, 3 replicas) instead of one "
+            "redis-server; the servers get one of its nodes as a redis+cluster:// seed"
+        ),
     )
     parser.add_argument(
         "--duration",
@@ -226,26 +236,35 @@ def sigint_blocked() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def redis() -> Iterator[str]:
-    """``$REDIS_URL``, or a private redis-server for the duration of the block."""
+def redis(cluster: bool) -> Iterator[str]:
+    """``$REDIS_URL``, or a private redis-server (or cluster) for the duration of the block."""
     url = os.environ.get("REDIS_URL")
     if url:
         print(f"using Redis at {url} ($REDIS_URL)")
         yield url
         return
     from anyio_layer.testing import RedisServer, RedisServerError
+    from anyio_layer.testing.cluster import RedisCluster
 
     try:
         with sigint_blocked():
-            server = RedisServer.launch()
-    except (FileNotFoundError, RedisServerError) as exc:
+            deployment = RedisCluster.launch() if cluster else RedisServer.launch()
+    except (FileNotFoundError, RedisServerError, TimeoutError) as exc:
         raise DemoError(str(exc)) from None
     try:
-        version = ".".join(map(str, server.version))
-        print(f"started a private redis-server {version} at {server.url} (pid {server.pid})")
-        yield server.url
+        version = ".".join(map(str, deployment.version))
+        if isinstance(deployment, RedisCluster):
+            url = deployment.hosts[0]
+            print(
+                f"started a private Redis Cluster (redis-server {version}, 3 primaries, "
+                f"3 replicas); the servers use the seed {url}"
+            )
+        else:
+            url = deployment.url
+            print(f"started a private redis-server {version} at {url} (pid {deployment.pid})")
+        yield url
     finally:
-        server.close()
+        deployment.close()
 
 
 def run(args: argparse.Namespace, stop: StopRequested) -> None:
@@ -254,7 +273,7 @@ def run(args: argparse.Namespace, stop: StopRequested) -> None:
     for port in args.ports:
         check_port_free(args.host, port)
     with contextlib.ExitStack() as stack:
-        redis_url = stack.enter_context(redis())
+        redis_url = stack.enter_context(redis(args.cluster))
         if stop:
             return
         print(f"starting two servers of the {EXAMPLES[example].title}")

@@ -218,6 +218,22 @@ def test_runs_for_duration(run_demo: object, example: str) -> None:
     check_stopped(demo, 30)
 
 
+@pytest.mark.parametrize("example", ["django", "trio"])
+def test_runs_on_a_cluster(run_demo: object, example: str) -> None:
+    demo = run_demo(  # type: ignore[operator]
+        "--cluster", "--duration", "8", "--example", example,
+        "--ports", str(free_port()), str(free_port()),
+    )  # fmt: skip
+    url_a, url_b = demo.wait_for_urls()
+    assert "Redis Cluster" in demo.stdout
+    assert "redis+cluster://" in demo.stdout
+    with connected_to_servers(url_a, url_b):
+        pass
+    check_stopped(demo, 30)
+    # Six cluster nodes and the two servers were seen running, and none is left.
+    assert len(demo.started) >= 8, (demo.started, demo.describe())
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stops_on_signal(run_demo: object, how: str) -> None:
     demo = run_demo("--ports", str(free_port()), str(free_port()))  # type: ignore[operator]

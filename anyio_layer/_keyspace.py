@@ -21,8 +21,9 @@ There are two key spaces:
   channels_redis's, which has no cluster support.
 
 Commands marked ``idempotent`` may run twice without harm (adding a group
-member again, reading members); on a cluster they are retried on the slot's
-new owner after a connection error. Everything else (sends, pops) fails with
+member again, removing one, reading members); on a cluster they are retried on
+the slot's new owner after a connection error. Everything else (sends, pops,
+putting a popped message back) fails with
 :class:`~anyio_layer.exceptions.RedisConnectionError` instead, as on a
 single server, because it may already have run.
 """

@@ -64,7 +64,10 @@ Failures: when Redis goes away, ``send()`` and friends fail at once with
 :class:`~anyio_layer.exceptions.RedisConnectionError` (nothing is queued in
 memory). Receivers keep waiting: the reader tasks and normal-channel
 receivers retry with back-off and resume delivering after the server is
-back, without being called again.
+back, without being called again. On a Redis Cluster the same holds while the
+cluster refuses commands (``CLUSTERDOWN`` during a failover, or a whole shard
+down): senders get :class:`~anyio_layer.exceptions.ClusterUnavailableError`
+once the client's own retries are used up, receivers keep waiting.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ from ._scripts import Script
 from ._tasks import open_service_task_group
 from .exceptions import (
     ChannelFull,
+    ClusterUnavailableError,
     ConfigurationError,
     InvalidChannelName,
     InvalidMessage,
@@ -100,6 +104,7 @@ from .exceptions import (
     RedisConnectionError,
     RedisError,
     ResponseError,
+    TooManyRedirectionsError,
 )
 from .names import (
     is_process_local,
@@ -131,6 +136,14 @@ DRAIN_BATCH: Final = 500
 _BLOCK_SECONDS: Final = 5
 _BLOCK_GRACE: Final = 10.0
 _MAX_RETRY_DELAY: Final = 2.0
+#: What makes a blocked pop wait and try again instead of failing its receiver: the
+#: server is unreachable, or (on a cluster) still refusing after the client's own retries.
+_REDIS_AWAY: Final = (
+    RedisConnectionError,
+    ClusterUnavailableError,
+    TooManyRedirectionsError,
+    TimeoutError,
+)
 #: How long closing may spend returning buffered messages to Redis.
 _RETURN_TIMEOUT: Final = 5.0
 
@@ -536,7 +549,7 @@ class QueueLayer(ScopedChannels):
                     reply = await home.execute_blocking(
                         "BZPOPMIN", key, _BLOCK_SECONDS, on_cancelled_reply=put_back
                     )
-            except (RedisConnectionError, TimeoutError) as exc:
+            except _REDIS_AWAY as exc:
                 await retry.wait(f"receive({channel!r})", exc)
                 continue
             retry.reset()
@@ -592,7 +605,7 @@ class QueueLayer(ScopedChannels):
                         entries = _popped_entries(reply)
                     else:
                         entries = await self._pop_legacy(home, key, put_back)
-            except (RedisConnectionError, TimeoutError) as exc:
+            except _REDIS_AWAY as exc:
                 await retry.wait(f"reader for {local_key!r}", exc)
                 continue
             retry.reset()
@@ -648,8 +661,9 @@ class QueueLayer(ScopedChannels):
             if entry is not None:
                 flat += [repr(entry[1]), entry[0]]
         if flat:
-            # Idempotent: the same members at the same scores, so a retry adds nothing twice.
-            await home.pipeline([("ZADD", key, *flat), ("EXPIRE", key, self._ttl)], idempotent=True)
+            # Not retried after a connection error: had the first ZADD run, another
+            # receiver could have popped the message before a retry added it again.
+            await home.pipeline([("ZADD", key, *flat), ("EXPIRE", key, self._ttl)])
 
     def _dispatch_local(
         self, local_key: str, entries: Iterable[tuple[bytes, float]], demand: _Demand

@@ -378,6 +378,53 @@ async def test_primary_killed_under_load(
     )
 
 
+async def test_receivers_outlast_a_whole_shard_down(
+    redis_cluster: RedisCluster,
+    redis_cluster_hosts: list[str],
+    receiver_prefixes: list[str],
+) -> None:
+    """A shard without primary or replica: the cluster refuses everything (CLUSTERDOWN).
+
+    That lasts longer than the client's retry window, so blocked pops end in
+    ClusterUnavailableError: the receivers must wait it out, not fail (nor
+    take the layer down), and deliver once the shard is back.
+    """
+    home = redis_cluster.node_for_key(local_key(receiver_prefixes[0]))  # the receiver's keys
+    victim = next(node for node in redis_cluster.primaries() if node is not home)
+    (victim_replica,) = redis_cluster.replicas_of(victim)
+    jobs = names_on_each_primary(redis_cluster, normal_key, "down")
+    received: dict[str, dict[str, Any]] = {}
+    async with (
+        open_redis_layer(hosts=redis_cluster_hosts) as sender,
+        open_redis_layer(hosts=redis_cluster_hosts, client_prefix=receiver_prefixes[0]) as rx,
+    ):
+        local = await rx.new_channel()
+
+        async def receive(channel: str) -> None:
+            received[channel] = await rx.receive(channel)
+
+        async with anyio.create_task_group() as tg:
+            for channel in [local, *jobs]:
+                tg.start_soon(receive, channel)
+            await anyio.sleep(0.3)
+            redis_cluster.kill(victim)
+            redis_cluster.kill(victim_replica)
+            await anyio.sleep(8)  # node timeout (1 s) + the client's retry window (5 s) + margin
+            for node in (victim, victim_replica):
+                await anyio.to_thread.run_sync(node.start)
+            with anyio.fail_after(20):
+                await redis_cluster.await_until_stable()
+            for channel in [local, *jobs]:
+                with anyio.fail_after(10):
+                    while True:
+                        try:
+                            await sender.send(channel, {"type": "back", "to": channel})
+                            break
+                        except RedisError:  # the cluster may still refuse for a moment
+                            await anyio.sleep(0.1)
+    assert received == {c: {"type": "back", "to": c} for c in [local, *jobs]}
+
+
 async def test_slot_migrated_under_load(
     redis_cluster: RedisCluster,
     redis_cluster_hosts: list[str],

@@ -507,14 +507,19 @@ class Subscriptions:
         return sum(subscriber.connected for subscriber in self.subscribers())
 
     def _fail(self, subscriber: Subscriber, names: Iterable[str], error: Exception) -> None:
-        """Give up on ``names``: their waiters raise ``error``."""
+        """Give up on ``names``: their waiters raise ``error``.
+
+        A name that was being subscribed *again* (after a lost connection or
+        a moved slot) has no waiter: its listeners got ``on_disconnect`` and,
+        since it is not back, get no ``on_reconnect``.
+        """
         names = list(names)
         for name in names:
             logger.error("could not subscribe %r: %s", name, error)
             self.failures[name] = error
             self._unwant(name)
         subscriber.forget(names)
-        self.layer._names_restored(names)
+        self.layer._names_abandoned(names)
 
 
 class ShardedSubscriptions(Subscriptions):
@@ -711,12 +716,12 @@ class ClusterSubscriptions(Subscriptions):
                 self._unplaced.discard(name)
                 subscriber = self.home[name] = self._node(node.address)
                 placed.setdefault(subscriber, []).append(name)
-            # Every name is wanted by its subscriber before anything is written,
-            # so a name unsubscribed meanwhile is not subscribed again.
             for subscriber, names in placed.items():
-                subscriber.wanted.update(names)
-            for subscriber, names in placed.items():
-                await subscriber.subscribe(names)
+                # Writing to one node lets other tasks run: a name unsubscribed
+                # meanwhile (it left ``home``) must not be subscribed again.
+                names = [name for name in names if self.home.get(name) is subscriber]
+                if names:
+                    await subscriber.subscribe(names)
 
 
 def _needs_redis_7(where: str) -> ConfigurationError:

@@ -158,12 +158,14 @@ class _Counters:
 class _Outage:
     """Names whose subscription was lost together, and the channels told about it."""
 
-    __slots__ = ("cause", "listeners", "names")
+    __slots__ = ("abandoned", "cause", "listeners", "names")
 
     def __init__(self, cause: object) -> None:
         self.cause = cause
         self.names: set[str] = set()
         self.listeners: dict[str, None] = {}
+        #: Some name of it could not be subscribed again: no on_reconnect.
+        self.abandoned = False
 
 
 class PubSubLayer(ScopedChannels):
@@ -489,6 +491,13 @@ class PubSubLayer(ScopedChannels):
 
     def _names_restored(self, names: Iterable[str]) -> None:
         """``names`` are subscribed again (or no longer wanted); end the outages they complete."""
+        self._end_outages(names, abandoned=False)
+
+    def _names_abandoned(self, names: Iterable[str]) -> None:
+        """``names`` will not be subscribed again (the server refused): no on_reconnect for them."""
+        self._end_outages(names, abandoned=True)
+
+    def _end_outages(self, names: Iterable[str], *, abandoned: bool) -> None:
         lost = self._lost
         if not lost:
             return
@@ -497,10 +506,13 @@ class PubSubLayer(ScopedChannels):
             if outage is None:
                 continue
             outage.names.discard(name)
+            outage.abandoned = outage.abandoned or abandoned
             if outage.names:
                 continue
             if outage.cause is not None and self._outages.get(outage.cause) is outage:
                 del self._outages[outage.cause]
+            if outage.abandoned:
+                continue
             self._counters.reconnects += 1
             if self.on_reconnect:
                 now = time.monotonic()

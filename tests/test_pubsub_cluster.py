@@ -427,6 +427,55 @@ async def test_cancelled_subscriptions_leave_nothing_behind(cluster: RedisCluste
                     pass
 
 
+async def test_first_receive_cancelled_while_its_name_is_placed_leaves_nothing(
+    cluster: RedisCluster,
+) -> None:
+    """A name unwanted while the resubscription task writes to another node is not subscribed.
+
+    Two names' slots move to two other primaries behind the client's back, so
+    their first receives are refused with MOVED and placed again in one
+    round; the second receive is cancelled as soon as its name is placed.
+    """
+    first, second, third = cluster.primaries()
+
+    def names_on(node: RedisServer, count: int, stem: str) -> list[str]:
+        found = (f"asgi.{stem}{i}" for i in itertools.count())
+        return list(itertools.islice((n for n in found if owner(cluster, n) is node), count))
+
+    async with cluster_layer(cluster) as layer:
+        subscriptions = layer._subscriptions
+        for name in (*names_on(second, 1, "c"), *names_on(third, 1, "d")):
+            await layer._open(name)  # subscriber connections to both targets are up
+        a, b = sorted(names_on(first, 2, "a"))  # the task places names in order: a first
+        assert key_slot(a) != key_slot(b)
+        await cluster.amigrate_slot(key_slot(a), second)
+        await cluster.amigrate_slot(key_slot(b), third)
+        b_scope = anyio.CancelScope()
+
+        async def receive_b() -> None:
+            with b_scope:
+                await layer._open(b)
+
+        def placed_on_third() -> bool:
+            home = subscriptions.home.get(b)
+            return home is not None and home.address.port == third.port
+
+        async def cancel_b_once_placed() -> None:
+            while not placed_on_third():
+                await anyio.lowlevel.checkpoint()
+            b_scope.cancel()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_b_once_placed)
+                tg.start_soon(layer._open, a)
+                tg.start_soon(receive_b)
+        await anyio.sleep(0.3)
+        assert shard_numsub(third, b) == 0
+        assert layer.statistics().subscriptions == 3  # c, d and a
+    await anyio.to_thread.run_sync(cluster.wait_until_stable)
+
+
 async def test_leaving_the_layer_closes_everything(cluster: RedisCluster) -> None:
     async with open_pubsub_layer(hosts=hosts(cluster)) as layer:
         by_node = await channels_on_every_primary(cluster, layer)

@@ -367,3 +367,28 @@ async def test_idle_channels_are_closed_after_the_timeout(
                     await anyio.sleep(0.05)
             assert numsub(redis_server, kept) == 1
             tg.cancel_scope.cancel()
+
+
+async def test_resubscription_refused_for_good_sends_no_reconnect(
+    redis_server_factory: ServerFactory,
+) -> None:
+    """An ACL change that drops the subscriber and refuses it back: disconnect, no reconnect.
+
+    The channel is not subscribed again, so its listeners must not be told it is.
+    """
+    server = redis_server_factory()
+    async with open_pubsub_layer(
+        hosts=[server.url], on_disconnect="redis.disconnect", on_reconnect="redis.reconnect"
+    ) as layer:
+        channel = await layer.new_channel()
+        server.execute("ACL", "SETUSER", "default", "resetchannels")  # drops subscribers
+        with anyio.fail_after(5):
+            assert await layer.receive(channel) == {"type": "redis.disconnect"}
+            while layer.statistics().subscriptions or not layer.statistics().disconnects:
+                await anyio.sleep(0.02)
+        await anyio.sleep(0.5)  # the reconnect has been refused by now
+        server.execute("ACL", "SETUSER", "default", "allchannels")
+        with anyio.move_on_after(0.5) as scope:
+            await layer.receive(channel)
+        assert scope.cancelled_caught  # no reconnect notice
+        assert layer.statistics().reconnects == 0

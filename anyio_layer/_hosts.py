@@ -244,11 +244,19 @@ def parse_hosts(hosts: object) -> Hosts:
             f"servers ({others}); a layer uses either one cluster or independent servers. "
             f"Mark every entry as a seed of the cluster, or none"
         )
-    if len({seed.options for seed in seeds}) > 1:
-        raise ConfigurationError(
-            "the seeds of a Redis Cluster must all use the same connection options "
-            "(credentials, TLS, timeouts): they apply to every node of the cluster"
-        )
+    first = seeds[0]
+    for seed in seeds[1:]:
+        if seed.options != first.options:
+            differing = ", ".join(
+                name
+                for name in ConnectionOptions.__dataclass_fields__
+                if getattr(seed.options, name) != getattr(first.options, name)
+            )
+            raise ConfigurationError(
+                f"the seeds of a Redis Cluster must all use the same connection options, "
+                f"since they apply to every node of the cluster; {seed} differs from "
+                f"{first} in: {differing}"
+            )
     return ClusterConfig(tuple(seeds))
 
 
@@ -402,7 +410,13 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         options[key] = value
     if "cluster" in options:
-        cluster = _bool(options.pop("cluster"), "cluster", shown) or cluster
+        flag = _bool(options.pop("cluster"), "cluster", shown)
+        if cluster and not flag:
+            raise ConfigurationError(
+                f"hosts entry {shown} says cluster=false, but its scheme marks it as a "
+                f"cluster seed; use redis:// (or rediss://) for a server that is not"
+            )
+        cluster = flag
     if scheme in _TCP_SCHEMES:
         if not parts.hostname:
             raise ConfigurationError(f"hosts entry {_redact_url(url)!r} has no host name")

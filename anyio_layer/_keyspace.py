@@ -44,7 +44,13 @@ from ._scripts import Script
 from .exceptions import ConfigurationError, ResponseError
 from .names import non_local_name
 
-__all__ = ["ClusterKeySpace", "KeyHome", "KeySpace", "ShardedKeySpace"]
+__all__ = [
+    "ClusterKeySpace",
+    "KeyHome",
+    "KeySpace",
+    "ShardedKeySpace",
+    "check_cluster_prefix",
+]
 
 #: Keys deleted per round trip by :meth:`KeySpace.delete_matching`.
 _SCAN_COUNT = 1000
@@ -234,16 +240,21 @@ class _SlotHome:
         )
 
 
+def check_cluster_prefix(prefix: str) -> None:
+    """Refuse a key prefix that would defeat the cluster layout's hash tags."""
+    if "{" in prefix or "}" in prefix:
+        raise ConfigurationError(
+            f"prefix {prefix!r} contains a brace; on a Redis Cluster the layer wraps each "
+            f"channel and group name in a hash tag ({{...}}), and a brace in the prefix "
+            f"could put every key in one slot. Choose a prefix without '{{' and '}}'"
+        )
+
+
 class ClusterKeySpace:
     """Hash-tagged keys on a Redis Cluster (layout in the module docstring)."""
 
     def __init__(self, client: ClusterClient, prefix: str) -> None:
-        if "{" in prefix or "}" in prefix:
-            raise ConfigurationError(
-                f"prefix {prefix!r} contains a brace; on a Redis Cluster the layer wraps each "
-                f"channel and group name in a hash tag ({{...}}), and a brace in the prefix "
-                f"would put every key in one slot. Choose a prefix without '{{' and '}}'"
-            )
+        check_cluster_prefix(prefix)
         self.prefix = prefix
         self._client = client
 

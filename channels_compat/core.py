@@ -22,6 +22,7 @@ from typing import Any
 
 from anyio_layer._config import CapacityRules
 from anyio_layer._hosts import ClusterConfig, parse_hosts
+from anyio_layer._keyspace import check_cluster_prefix
 from anyio_layer.names import random_client_prefix
 from anyio_layer.queue_layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -65,6 +66,8 @@ class RedisChannelLayer(CoreLayerAdapter[QueueLayer]):
         super().__init__(expiry=expiry, capacity=capacity)
         # Validate everything now, so a bad CONFIG fails at start-up, not on first use.
         self._hosts = parse_hosts(hosts)
+        if isinstance(self._hosts, ClusterConfig):
+            check_cluster_prefix(prefix)
         self._capacities = CapacityRules.parse(capacity, channel_capacity)
         self.hosts = hosts
         self.prefix = prefix

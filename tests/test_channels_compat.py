@@ -119,6 +119,13 @@ def test_round_trip_from_sync_code_on_a_cluster(
     assert layer._runtime.open_loops() == 0
 
 
+def test_cluster_config_is_validated_at_construction() -> None:
+    with pytest.raises(ConfigurationError, match="hash tag"):
+        RedisChannelLayer(hosts=["redis+cluster://127.0.0.1:7000"], prefix="app{1}")
+    with pytest.raises(ConfigurationError, match="mixes Redis Cluster seeds"):
+        RedisChannelLayer(hosts=["redis+cluster://127.0.0.1:7000", "redis://127.0.0.1:6379"])
+
+
 def test_pubsub_round_trip(redis_url: str) -> None:
     # Pub/sub subscriptions belong to an event loop (as with channels_redis):
     # a channel is created, joined and received from in one loop.

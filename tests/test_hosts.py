@@ -238,6 +238,7 @@ def test_cluster_false_is_a_plain_server() -> None:
         (["redis+cluster://a:7000", "redis+cluster://:pw@b:7000"], "same connection options"),
         ([{"host": "a", "cluster": "maybe"}], "cluster must be true or false"),
         (["redis://a:7000?cluster=perhaps"], "cluster must be true or false"),
+        (["redis+cluster://a:7000?cluster=false"], "says cluster=false"),
         (["foo+cluster://a:7000"], "redis\\+cluster://"),
     ],
 )  # fmt: skip

@@ -74,7 +74,14 @@ import anyio
 import anyio.abc
 
 from ._connection import raise_for_reply
-from ._hosts import ConnectionOptions, SentinelConfig, ServerConfig, TCPAddress, parse_host
+from ._hosts import (
+    ConnectionOptions,
+    SentinelConfig,
+    ServerConfig,
+    TCPAddress,
+    as_cluster_seed,
+    parse_host,
+)
 from ._pool import ConnectionPool, PoolStatistics
 from ._resp import Arg, ErrorReply
 from ._scripts import Script
@@ -191,7 +198,7 @@ def slot_for_keys(keys: Iterable[Arg]) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Shard:
+class _ShardInfo:
     """One primary, its replicas and the slot ranges it serves, from a topology reply."""
 
     ranges: tuple[tuple[int, int], ...]
@@ -224,7 +231,7 @@ def _host(value: object, asked: TCPAddress) -> str | None:
     return host
 
 
-def _parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[_Shard]:
+def _parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[_ShardInfo]:
     """Parse ``CLUSTER SHARDS`` (Redis 7+)."""
     if not isinstance(reply, list):
         raise ProtocolError(f"CLUSTER SHARDS returned {reply!r:.100}")
@@ -255,11 +262,11 @@ def _parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[_Shard]:
             elif _text(node.get("health")) != "failed":
                 replicas.append(address)
         if primary is not None:
-            shards.append(_Shard(ranges, primary, tuple(replicas)))
+            shards.append(_ShardInfo(ranges, primary, tuple(replicas)))
     return shards
 
 
-def _parse_slots(reply: object, asked: TCPAddress) -> list[_Shard]:
+def _parse_slots(reply: object, asked: TCPAddress) -> list[_ShardInfo]:
     """Parse ``CLUSTER SLOTS`` (Redis 3+): ``[[first, last, [host, port, id], replicas...]]``."""
     if not isinstance(reply, list):
         raise ProtocolError(f"CLUSTER SLOTS returned {reply!r:.100}")
@@ -276,7 +283,7 @@ def _parse_slots(reply: object, asked: TCPAddress) -> list[_Shard]:
             if host is not None and isinstance(node[1], int) and node[1]:
                 addresses.append(TCPAddress(host, node[1]))
         if addresses and isinstance(first, int) and isinstance(last, int):
-            shards.append(_Shard(((first, last),), addresses[0], tuple(addresses[1:])))
+            shards.append(_ShardInfo(((first, last),), addresses[0], tuple(addresses[1:])))
     return shards
 
 
@@ -359,7 +366,7 @@ class ClusterClient:
         self._refresh_interval = refresh_interval
         self._discovery_timeout = discovery_timeout
         self._slots: list[TCPAddress | None] = [None] * CLUSTER_SLOTS
-        self._shards: tuple[_Shard, ...] = ()
+        self._shards: tuple[_ShardInfo, ...] = ()
         self._pools: dict[TCPAddress, ConnectionPool] = {}
         self._refresh_lock = anyio.Lock()
         self._refresh_wanted = anyio.Event()
@@ -863,7 +870,7 @@ class ClusterClient:
         candidates.update(dict.fromkeys(self._seeds))
         return list(candidates)
 
-    async def _discover(self) -> list[_Shard]:
+    async def _discover(self) -> list[_ShardInfo]:
         """Ask the known nodes, then the seeds, for the slot map; the first full answer wins.
 
         Raises:
@@ -871,7 +878,7 @@ class ClusterClient:
             RedisConnectionError: no node could be asked.
         """
         problems: list[str] = []
-        partial: list[_Shard] | None = None
+        partial: list[_ShardInfo] | None = None
         refused: AuthenticationError | None = None
         for address in self._discovery_candidates():
             try:
@@ -901,7 +908,7 @@ class ClusterClient:
             "could not learn the cluster topology from any node: " + "; ".join(problems)
         )
 
-    async def _ask_topology(self, address: TCPAddress) -> list[_Shard]:
+    async def _ask_topology(self, address: TCPAddress) -> list[_ShardInfo]:
         pool = await self._pool(address)
         if self._use_shards is not False:
             (reply,) = await pool.pipeline([("CLUSTER", "SHARDS")], raise_on_error=False)
@@ -935,7 +942,7 @@ class ClusterClient:
         self._closed = True
         with anyio.CancelScope(shield=True):
             for pool in self._pools.values():
-                await pool._aclose()
+                await pool.aclose()
 
     async def _background_refresher(self) -> None:
         """Refresh the topology when asked (after ``MOVED``), at most every ``refresh_interval``."""
@@ -990,19 +997,7 @@ def _seed_configs(seeds: object) -> list[ServerConfig]:
             f"cluster seeds must be a non-empty list of URLs, (host, port) tuples, dicts "
             f"or ServerConfig, not {seeds!r}"
         )
-    configs = []
-    for seed in seeds:
-        config = parse_host(seed)
-        if isinstance(config, SentinelConfig):
-            raise ConfigurationError(
-                f"cluster seed {config} is a Sentinel entry; Redis Cluster does not use Sentinel"
-            )
-        if not isinstance(config.address, TCPAddress):
-            raise ConfigurationError(
-                f"cluster seed {config} is a unix socket; cluster nodes are reached over TCP"
-            )
-        configs.append(config)
-    return configs
+    return [as_cluster_seed(parse_host(seed)) for seed in seeds]
 
 
 @contextlib.asynccontextmanager

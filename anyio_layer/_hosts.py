@@ -49,6 +49,7 @@ __all__ = [
     "TCPAddress",
     "TLSOptions",
     "UnixAddress",
+    "as_cluster_seed",
     "parse_host",
     "parse_hosts",
 ]
@@ -290,7 +291,7 @@ def _from_dict(entry: dict[str, Any]) -> HostConfig:
     if "cluster" in entry:
         cluster = _bool(entry.pop("cluster"), "cluster", shown)
         config = _from_dict(entry)
-        return _as_seed(config, shown) if cluster else config
+        return as_cluster_seed(config, shown) if cluster else config
     if "sentinels" in entry or "master_name" in entry:
         return _sentinel(entry, shown)
     if "address" in entry:
@@ -370,8 +371,14 @@ def _sentinel(entry: dict[str, Any], shown: object) -> SentinelConfig:
     )
 
 
-def _as_seed(config: HostConfig, shown: object) -> ServerConfig:
-    """``config`` marked as a Redis Cluster seed, if it can be one."""
+def as_cluster_seed(config: HostConfig, shown: object = None) -> ServerConfig:
+    """``config`` marked as a Redis Cluster seed, if it can be one.
+
+    Raises:
+        ConfigurationError: ``config`` is a Sentinel entry, a unix socket, or
+            selects a database other than 0 (``shown`` names it in the message).
+    """
+    shown = config if shown is None else shown
     if isinstance(config, SentinelConfig):
         raise ConfigurationError(
             f"hosts entry {shown} is a Sentinel entry marked as a cluster seed; "
@@ -444,7 +451,7 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
         )
     options.update(extra)  # explicit dict options win over the URL's
     config = ServerConfig(address, _options(options, shown))
-    return _as_seed(config, shown) if cluster else config
+    return as_cluster_seed(config, shown) if cluster else config
 
 
 def _options(raw: dict[str, Any], shown: object) -> ConnectionOptions:

@@ -39,7 +39,7 @@ import anyio
 from ._cluster import ClusterClient, key_slot
 from ._pool import ConnectionPool
 from ._resp import Arg
-from ._routing import Router
+from ._routing import Router, scan_pattern
 from ._scripts import Script
 from .exceptions import ConfigurationError, ResponseError
 from .names import non_local_name
@@ -293,7 +293,7 @@ class ClusterKeySpace:
         )
 
     async def delete_matching(self) -> None:
-        pattern = Router(self.prefix, 1).scan_pattern()
+        pattern = scan_pattern(self.prefix)
         for node in await self._client.primaries():
             execute = functools.partial(self._client.execute_on, node)
             async for keys in _scan(execute, pattern):

@@ -548,7 +548,13 @@ class ConnectionPool:
         if reply is not None and not isinstance(reply, ErrorReply):
             await on_reply(reply)
 
-    async def _aclose(self) -> None:
+    async def aclose(self) -> None:
+        """Close every connection; later calls raise ``LayerClosedError``.
+
+        For owners that manage the pool's lifetime themselves (the cluster
+        client closes its per-node pools this way); :func:`open_pool` calls
+        it when its block ends.
+        """
         self._closed = True
         pipeline = self._pipeline
         if pipeline is not None:
@@ -576,4 +582,4 @@ async def open_pool(host: object = DEFAULT_HOST) -> AsyncIterator[ConnectionPool
             yield pool
         finally:
             with anyio.CancelScope(shield=True):
-                await pool._aclose()
+                await pool.aclose()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .names import non_local_name
 
-__all__ = ["Router", "consistent_hash"]
+__all__ = ["Router", "consistent_hash", "scan_pattern"]
 
 
 def consistent_hash(value: str | bytes, ring_size: int) -> int:
@@ -55,5 +55,10 @@ class Router:
 
     def scan_pattern(self) -> bytes:
         """A SCAN MATCH pattern for every key under this prefix (glob characters escaped)."""
-        escaped = "".join("\\" + char if char in "*?[]\\" else char for char in self.prefix)
-        return (escaped + "*").encode()
+        return scan_pattern(self.prefix)
+
+
+def scan_pattern(prefix: str) -> bytes:
+    """A SCAN MATCH pattern for every key that starts with ``prefix`` (glob characters escaped)."""
+    escaped = "".join("\\" + char if char in "*?[]\\" else char for char in prefix)
+    return (escaped + "*").encode()

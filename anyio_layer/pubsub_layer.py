@@ -379,7 +379,7 @@ class PubSubLayer(ScopedChannels):
             raise LayerClosedError("the channel layer is closed (its async with block has exited)")
 
     @property
-    def _shards(self) -> list[Subscriber]:
+    def _subscribers(self) -> list[Subscriber]:
         """Every subscriber: one per server, or one per cluster node used so far."""
         return self._subscriptions.subscribers()
 

@@ -96,14 +96,14 @@ async def assert_subscriptions(layer: PubSubLayer, server: RedisServer, expected
 
     def layer_settled() -> bool:
         return layer.statistics().subscriptions == len(expected) and all(
-            not shard._in_flight and shard.wanted == shard.confirmed for shard in layer._shards
+            not shard._in_flight and shard.wanted == shard.confirmed for shard in layer._subscribers
         )
 
     with anyio.move_on_after(SETTLE_TIMEOUT):
         while not layer_settled() or await server_channels(server) != expected:
             await anyio.sleep(0.01)
     on_server = await server_channels(server)
-    wanted_by_layer = {name for shard in layer._shards for name in shard.wanted}
+    wanted_by_layer = {name for shard in layer._subscribers for name in shard.wanted}
     assert on_server == expected, (
         f"subscribed on the server but not expected: {sorted(on_server - expected)} "
         f"(of which the layer no longer wants: {sorted(on_server - expected - wanted_by_layer)}); "
@@ -111,7 +111,7 @@ async def assert_subscriptions(layer: PubSubLayer, server: RedisServer, expected
     )
     counts = await numsub(server, expected)
     assert all(count == 1 for count in counts.values()), f"PUBSUB NUMSUB: {counts}"
-    for shard in layer._shards:
+    for shard in layer._subscribers:
         in_flight = dict(shard._in_flight)
         wanted, confirmed = set(shard.wanted), set(shard.confirmed)
         assert not in_flight, (
@@ -141,7 +141,7 @@ async def checked_layer(
     """``open_pubsub_layer`` that checks, when the body succeeds, that nothing leaked."""
     options.setdefault("capacity", CAPACITY)
     async with open_pubsub_layer(hosts=layer_hosts(redis_url), **options) as layer:
-        pools = [shard.pool for shard in layer._shards]
+        pools = [shard.pool for shard in layer._subscribers]
         yield layer
         statistics = layer.statistics()
         assert statistics.local_buffer_overflows == 0
@@ -376,7 +376,7 @@ async def test_cancelled_sends_are_all_or_nothing_and_keep_the_connection_usable
         # Warm up: the pipelined connection exists.
         await layer.send(target, {"type": "warm-up"})
         assert (await layer.receive(target))["type"] == "warm-up"
-        pool = layer._shards[0].pool
+        pool = layer._subscribers[0].pool
         pipeline = pool._pipeline
         assert pipeline is not None
 

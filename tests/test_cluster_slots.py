@@ -15,7 +15,7 @@ from anyio_layer._cluster import (
     _parse_redirection,
     _parse_shards,
     _parse_slots,
-    _Shard,
+    _ShardInfo,
     key_slot,
     open_cluster,
     slot_for_keys,
@@ -110,8 +110,8 @@ def test_parse_cluster_slots() -> None:
         [10923, 16383, [b"?", 7002, b"id3"]],  # unknown endpoint: skipped
     ]
     assert _parse_slots(reply, ASKED) == [
-        _Shard(((0, 5460),), TCPAddress("127.0.0.1", 7000), (TCPAddress("127.0.0.1", 7003),)),
-        _Shard(((5461, 10922),), TCPAddress("10.0.0.9", 7001), ()),
+        _ShardInfo(((0, 5460),), TCPAddress("127.0.0.1", 7000), (TCPAddress("127.0.0.1", 7003),)),
+        _ShardInfo(((5461, 10922),), TCPAddress("10.0.0.9", 7001), ()),
     ]
     with pytest.raises(ProtocolError):
         _parse_slots(b"nonsense", ASKED)
@@ -144,13 +144,13 @@ def test_parse_cluster_shards() -> None:
     ]
     local = TCPAddress("127.0.0.1", 7000)
     assert _parse_shards(reply, ASKED, tls=False) == [
-        _Shard(((0, 100), (200, 16383)), local, (TCPAddress("127.0.0.1", 7003),)),
-        _Shard(((101, 199),), TCPAddress("127.0.0.1", 7001), ()),
+        _ShardInfo(((0, 100), (200, 16383)), local, (TCPAddress("127.0.0.1", 7003),)),
+        _ShardInfo(((101, 199),), TCPAddress("127.0.0.1", 7001), ()),
     ]
     # With TLS the tls-port is the one to use.
     tls_reply = [[b"slots", [0, 16383], b"nodes", [_node(0, b"master", **{"tls-port": 7100})]]]
     assert _parse_shards(tls_reply, ASKED, tls=True) == [
-        _Shard(((0, 16383),), TCPAddress("127.0.0.1", 7100), ())
+        _ShardInfo(((0, 16383),), TCPAddress("127.0.0.1", 7100), ())
     ]
 
 

@@ -480,7 +480,7 @@ class Subscriptions:
         except TimeoutError:
             raise RedisTimeoutError(
                 f"{self.describe()} did not confirm the subscription to {name!r} within "
-                f"{SUBSCRIBE_TIMEOUT} seconds; it stays wanted and is retried on reconnect"
+                f"{SUBSCRIBE_TIMEOUT} seconds"
             ) from None
 
     async def unsubscribe(self, name: str) -> None:

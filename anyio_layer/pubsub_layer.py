@@ -66,10 +66,12 @@ Cancelling :meth:`~PubSubLayer.receive` loses nothing that was buffered.
 Channels stay subscribed until :meth:`~PubSubLayer.close_channel` (or the end
 of an :meth:`~PubSubLayer.open_channel` block); the Channels adapter decides
 when to close channels, since Channels has no delete-channel call.
-Cancelling ``new_channel()``, ``group_add()`` or a first ``receive()`` while it
-waits for the server's confirmation leaves no stray subscription: a command
-already written is followed by its opposite, and the layer's view of what is
-subscribed always converges to the server's.
+Cancelling ``new_channel()`` or a first ``receive()`` while it waits for the
+server's confirmation leaves no stray subscription: a command already written
+is followed by its opposite, and the layer's view of what is subscribed always
+converges to the server's. A cancelled (or timed-out) ``group_add()`` counts
+as done: the channel is in the group, and the group's subscription completes
+in the background.
 
 Local buffers hold at most ``capacity`` messages per channel; when a consumer
 falls that far behind, its oldest message is dropped, logged and counted in

@@ -274,7 +274,8 @@ async def test_local_channels_receive_everything_once_in_order_under_cancelled_r
         assert statistics.local_buffer_overflows == 0
         await assert_nothing_more(layer, channels)
         await assert_subscriptions(layer, redis_server, set(channels))
-    assert cancelled > 1000, f"only {cancelled} receives were cancelled"
+    # Enough cancellations to mean something, whatever the machine's speed.
+    assert cancelled > 300, f"only {cancelled} receives were cancelled"
 
 
 async def test_group_members_receive_every_group_message_once_in_order(

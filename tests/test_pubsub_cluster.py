@@ -41,7 +41,9 @@ def cluster(redis_cluster: RedisCluster, redis_cluster_hosts: list[str]) -> Redi
 
 
 def hosts(cluster: RedisCluster) -> list[str]:
-    return [f"{host}?client_name={CLIENT_NAME}" for host in cluster.hosts]
+    return [
+        f"{host}{'&' if '?' in host else '?'}client_name={CLIENT_NAME}" for host in cluster.hosts
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -406,7 +408,7 @@ async def test_cancelled_subscriptions_leave_nothing_behind(cluster: RedisCluste
         def settled() -> bool:
             return all(
                 not subscriber._in_flight and subscriber.wanted == subscriber.confirmed
-                for subscriber in layer._shards
+                for subscriber in layer._subscribers
             ) and layer.statistics().subscriptions == len(expected)
 
         def on_server() -> set[str]:

@@ -1187,6 +1187,7 @@ class RedisServer(RedisProcess):
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         startup_timeout: float = 10.0,
+        tls_files: TLSFiles | None = None,
     ) -> RedisServer:
         """Start a server and wait until it answers (blocking); the caller must stop it.
 
@@ -1214,6 +1215,9 @@ class RedisServer(RedisProcess):
                 file, e.g. ``["--maxmemory", "10mb"]``.
             binary: the ``redis-server`` to run; default :func:`find_redis_server`.
             startup_timeout: seconds to wait for the server (and replication).
+            tls_files: with ``tls``, use copies of these certificates instead
+                of new ones, e.g. to have several servers trust one CA (a
+                cluster's nodes do); ``tls`` then describes the copies.
 
         Raises:
             FileNotFoundError: no ``redis-server`` binary.
@@ -1226,6 +1230,8 @@ class RedisServer(RedisProcess):
             raise ValueError(
                 "tls cannot be combined with unix_socket: Redis serves TLS on TCP only"
             )
+        if tls_files is not None and not tls:
+            raise ValueError("tls_files needs tls=True")
         binary = _resolve_binary(binary)
         version = redis_server_version(binary)
         if replica_of is not None:
@@ -1250,7 +1256,7 @@ class RedisServer(RedisProcess):
             shutil.rmtree(directory, ignore_errors=True)
             raise
         try:
-            server._configure(unix_socket, tls, username, password, replica_of)
+            server._configure(unix_socket, tls, username, password, replica_of, tls_files)
             server._start_on_free_port()
             if replica_of is not None:
                 server.wait_for_master_link(timeout=startup_timeout)
@@ -1266,6 +1272,7 @@ class RedisServer(RedisProcess):
         username: str | None,
         password: str | None,
         replica_of: RedisServer | None,
+        given_tls: TLSFiles | None = None,
     ) -> None:
         self.username = username
         self.password = password
@@ -1280,7 +1287,9 @@ class RedisServer(RedisProcess):
 
         replication_tls = replica_of.tls if replica_of is not None else None
         tls_files: TLSFiles | None = None
-        if replication_tls is not None:
+        if given_tls is not None:
+            tls_files = given_tls.copy_to(self.directory / "tls")
+        elif replication_tls is not None:
             tls_files = replication_tls.copy_to(self.directory / "tls")
         elif tls:
             tls_files = generate_tls_files(self.directory / "tls")

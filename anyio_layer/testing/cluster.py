@@ -37,8 +37,16 @@ Every node is always stopped and its directory deleted on :meth:`RedisCluster.cl
 when :meth:`RedisCluster.launch` fails, and when the ``async with`` block of
 :func:`run_redis_cluster` is left in any way (including cancellation).
 
-Nodes listen on plain TCP (no TLS: every node would need certificates from
-one shared CA), optionally with a password or an ACL user.
+Nodes listen on plain TCP, or with ``tls=True`` on TLS only (``port 0``,
+``tls-port``), the cluster bus and replication included (``tls-cluster yes``,
+``tls-replication yes``), all with certificates from one CA made for the
+cluster (:attr:`RedisCluster.tls`). Optionally every node requires a password
+or an ACL user (``password``, ``username``), which replicas use too
+(``masterauth``, ``masteruser``). On a TLS cluster with an ACL user::
+
+    cluster = RedisCluster.launch(tls=True, username="app", password="s3cret")
+    cluster.hosts   # ["rediss+cluster://app:s3cret@127.0.0.1:<port>?ssl_ca_certs=...", ...]
+    cluster.tls     # TLSFiles: ca_cert, client_cert, client_key...
 
 The helpers here are blocking (they use the tiny admin client of
 :meth:`~anyio_layer.testing.RedisProcess.execute`); the ``a``-prefixed
@@ -53,13 +61,16 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -68,9 +79,11 @@ from . import (
     RedisReplyError,
     RedisServer,
     RedisServerError,
+    TLSFiles,
     _apoll,
     _poll,
     find_redis_server,
+    generate_tls_files,
     redis_server_version,
 )
 
@@ -224,6 +237,11 @@ class RedisCluster:
         nodes: every node ever started, in start order (killed ones included);
             the first ``primaries`` of them were created as primaries.
         password, username: the credentials every node requires (or None).
+        tls: for a TLS cluster, the certificates: the CA that signed every
+            node's certificate (clients must trust ``tls.ca_cert``), and a
+            client certificate and key clients may present (the nodes do not
+            require one); None for plain TCP. The files live in a directory
+            of the cluster's own, deleted by :meth:`close`.
         binary: the ``redis-server`` executable; ``version`` its version.
         node_timeout_ms: ``cluster-node-timeout``.
     """
@@ -240,11 +258,13 @@ class RedisCluster:
         self.nodes: list[RedisServer] = list(nodes)
         self.password = password
         self.username = username
+        self.tls: TLSFiles | None = None  # set by launch(tls=True)
         self.binary = binary
         self.version = redis_server_version(binary)
         self.node_timeout_ms = node_timeout_ms
         self._ids: dict[int, str] = {}
         self._slots_before_kill: dict[str, list[tuple[int, int]]] = {}
+        self._tls_cleanup: weakref.finalize[..., RedisCluster] | None = None
         self._closed = False
 
     # -- creation -------------------------------------------------------------
@@ -257,6 +277,7 @@ class RedisCluster:
         *,
         password: str | None = None,
         username: str | None = None,
+        tls: bool = False,
         binary: str | None = None,
         method: CreateMethod = "auto",
         node_timeout_ms: int = 1000,
@@ -274,8 +295,16 @@ class RedisCluster:
             replicas: replicas per primary.
             password: ``requirepass`` (or the ACL user's password) on every
                 node; the nodes use it for replication too (``masterauth``).
-            username: an ACL user (needs ``password``), see
-                :meth:`RedisServer.launch <anyio_layer.testing.RedisServer.launch>`.
+            username: an ACL user (needs ``password``), created on every node
+                with all permissions while the ``default`` user is disabled, see
+                :meth:`RedisServer.launch <anyio_layer.testing.RedisServer.launch>`;
+                replicas authenticate as it (``masteruser``).
+            tls: every node listens with TLS only (``port 0``, ``tls-port``),
+                and the cluster bus and replication use TLS too
+                (``tls-cluster yes``, ``tls-replication yes``). One CA, made
+                for this cluster, signs every node's certificate: see
+                :attr:`tls` and :attr:`hosts`. Needs a ``redis-server`` built
+                with TLS (:func:`~anyio_layer.testing.redis_server_supports_tls`).
             binary: the ``redis-server`` to run; default :func:`find_redis_server`.
             method: ``"redis-cli"`` (``redis-cli --cluster create``),
                 ``"manual"`` (plain cluster commands), or ``"auto"``: redis-cli
@@ -290,6 +319,7 @@ class RedisCluster:
             FileNotFoundError: no ``redis-server`` (or, with ``method="redis-cli"``,
                 no ``redis-cli``).
             RedisServerError: a node did not start, or ``redis-cli`` failed.
+            TLSNotSupportedError: ``tls`` with a binary built without TLS.
             TimeoutError: the cluster did not become healthy in time.
         """
         if primaries < 1 or replicas < 0:
@@ -321,27 +351,31 @@ class RedisCluster:
             args += ["--masterauth", password]
             if username is not None:
                 args += ["--masteruser", username]
+        if tls:
+            args += ["--tls-cluster", "yes", "--tls-replication", "yes"]
         args += list(extra_args)
-        nodes: list[RedisServer] = []
-        cluster: RedisCluster | None = None
+        cluster = cls(
+            [],
+            password=password,
+            username=username,
+            binary=binary,
+            node_timeout_ms=node_timeout_ms,
+        )
         try:
+            if tls:
+                cluster._make_certificates()
             for _ in range(primaries * (1 + replicas)):
-                nodes.append(
+                cluster.nodes.append(
                     _ClusterNode.launch(
                         password=password,
                         username=username,
+                        tls=tls,
+                        tls_files=cluster.tls,
                         extra_args=args,
                         binary=binary,
                         startup_timeout=max(deadline - time.monotonic(), 1.0),
                     )
                 )
-            cluster = cls(
-                nodes,
-                password=password,
-                username=username,
-                binary=binary,
-                node_timeout_ms=node_timeout_ms,
-            )
             if cli is not None:
                 cluster._create_with_cli(cli, replicas, deadline)
             else:
@@ -350,12 +384,16 @@ class RedisCluster:
                 timeout=max(deadline - time.monotonic(), 1.0), replicas_synced=True
             )
         except BaseException:
-            if cluster is not None:
-                cluster.close()
-            else:
-                _close_nodes(nodes)
+            cluster.close()
             raise
         return cluster
+
+    def _make_certificates(self) -> None:
+        """Make the cluster's CA and certificates, in a directory deleted by :meth:`close`."""
+        directory = Path(tempfile.mkdtemp(prefix="anyio-layer-cluster-tls-"))
+        # The safety net, as for the nodes: deleted if the handle is lost, or at exit.
+        self._tls_cleanup = weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
+        self.tls = generate_tls_files(directory)
 
     def _create_with_cli(self, cli: str, replicas: int, deadline: float) -> None:
         command = [cli]
@@ -363,6 +401,13 @@ class RedisCluster:
             command += ["--no-auth-warning", "-a", self.password]
             if self.username is not None:
                 command += ["--user", self.username]
+        if self.tls is not None:
+            command += [
+                "--tls",
+                "--cacert", str(self.tls.ca_cert),
+                "--cert", str(self.tls.client_cert),
+                "--key", str(self.tls.client_key),
+            ]  # fmt: skip
         command += ["--cluster", "create"]
         command += [f"{node.host}:{node.port}" for node in self.nodes]
         command += ["--cluster-replicas", str(replicas), "--cluster-yes"]
@@ -418,7 +463,12 @@ class RedisCluster:
 
     @property
     def urls(self) -> list[str]:
-        """The URL of every node still running (credentials included)."""
+        """The URL of every node still running (credentials included).
+
+        ``redis://...``, or ``rediss://...`` on a TLS cluster, as
+        :attr:`RedisServer.url <anyio_layer.testing.RedisProcess.url>`: clients
+        must then trust ``tls.ca_cert``.
+        """
         return [node.url for node in self.nodes if node.running]
 
     @property
@@ -428,8 +478,20 @@ class RedisCluster:
 
     @property
     def hosts(self) -> list[str]:
-        """The ``hosts`` setting of a channel layer on this cluster: ``redis+cluster://`` seeds."""
-        return ["redis+cluster://" + url.removeprefix("redis://") for url in self.seed_urls]
+        """The ``hosts`` setting of a channel layer on this cluster, ready to use.
+
+        ``redis+cluster://`` seeds (:attr:`seed_urls`, credentials included),
+        or on a TLS cluster ``rediss+cluster://`` seeds that also name the CA
+        to trust: ``rediss+cluster://127.0.0.1:<port>?ssl_ca_certs=<tls.ca_cert>``.
+        """
+        hosts = []
+        for url in self.seed_urls:
+            scheme, _, rest = url.partition("://")
+            host = f"{scheme}+cluster://{rest}"
+            if self.tls is not None:
+                host += "?ssl_ca_certs=" + quote(str(self.tls.ca_cert), safe="/")
+            hosts.append(host)
+        return hosts
 
     def node_id(self, node: RedisServer) -> str:
         """The node's cluster id (``CLUSTER MYID``; remembered, so it works for dead nodes)."""
@@ -808,9 +870,13 @@ class RedisCluster:
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop every node and delete its directory. Idempotent."""
+        """Stop every node and delete its directory (and the certificates). Idempotent."""
         self._closed = True
-        _close_nodes(self.nodes)
+        try:
+            _close_nodes(self.nodes)
+        finally:
+            if self._tls_cleanup is not None:
+                self._tls_cleanup()
 
     def __enter__(self) -> RedisCluster:
         return self
@@ -847,6 +913,7 @@ async def run_redis_cluster(
     *,
     password: str | None = None,
     username: str | None = None,
+    tls: bool = False,
     binary: str | None = None,
     method: CreateMethod = "auto",
     node_timeout_ms: int = 1000,
@@ -865,6 +932,7 @@ async def run_redis_cluster(
         replicas,
         password=password,
         username=username,
+        tls=tls,
         binary=binary,
         method=method,
         node_timeout_ms=node_timeout_ms,

@@ -48,10 +48,8 @@ SET_TWO = Script(
 
 
 @pytest.fixture
-def cluster(redis_cluster: RedisCluster) -> RedisCluster:
-    """The module's cluster, healthy and empty."""
-    redis_cluster.wait_until_stable()
-    redis_cluster.flushall()
+def cluster(redis_cluster: RedisCluster, redis_cluster_hosts: list[str]) -> RedisCluster:
+    """The session's cluster, healthy and empty (``redis_cluster_hosts`` sees to that)."""
     return redis_cluster
 
 

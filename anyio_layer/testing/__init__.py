@@ -82,7 +82,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, TypeVar
+from typing import BinaryIO, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -115,6 +115,13 @@ _LOOPBACK = "127.0.0.1"
 _PORT_ATTEMPTS = 5
 _T = TypeVar("_T")
 _Self = TypeVar("_Self", bound="RedisProcess")
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_Running = TypeVar("_Running", bound=_Closable)
 
 
 # -- errors -----------------------------------------------------------------
@@ -1627,7 +1634,8 @@ def start_sentinel(
 
 
 @asynccontextmanager
-async def _managed(launch: Callable[[], _Self]) -> AsyncIterator[_Self]:
+async def _managed(launch: Callable[[], _Running]) -> AsyncIterator[_Running]:
+    """Launch in a worker thread, yield the handle, close it (shielded, in a thread) on exit."""
     # A cancellation that arrives while the worker thread launches the server
     # is delivered only after run_sync returns the handle (the thread is not
     # abandoned), so the handle is never lost.

@@ -81,6 +81,7 @@ from . import (
     RedisServerError,
     TLSFiles,
     _apoll,
+    _managed,
     _poll,
     find_redis_server,
     generate_tls_files,
@@ -939,11 +940,5 @@ async def run_redis_cluster(
         extra_args=extra_args,
         startup_timeout=startup_timeout,
     )
-    # A cancellation that arrives while the worker thread launches is delivered
-    # only after run_sync returns the handle, so the handle is never lost.
-    cluster = await anyio.to_thread.run_sync(launch)
-    try:
+    async with _managed(launch) as cluster:
         yield cluster
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(cluster.close)

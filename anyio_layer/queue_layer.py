@@ -381,7 +381,6 @@ class QueueLayer(ScopedChannels):
         # Members that are this layer's own channels get the message in memory;
         # the rest get one copy per Redis key, naming every member stored in it.
         targets: dict[bytes, list[str]] = {}
-        routes: dict[bytes, str] = {}
         for member in members:
             channel = member.decode() if isinstance(member, bytes) else str(member)
             if is_process_local(channel) and self._is_own(channel):
@@ -391,7 +390,6 @@ class QueueLayer(ScopedChannels):
                     self._counters.group_skipped += 1
                 continue
             key = self._keys.channel_key(channel)
-            routes.setdefault(key, channel)
             targets.setdefault(key, []).append(channel)
         if not targets:
             return
@@ -402,6 +400,7 @@ class QueueLayer(ScopedChannels):
             return [*payloads, *capacities, repr(now), int(now) - int(self.expiry), self._ttl]
 
         skipped_total = 0
+        routes = {key: channels[0] for key, channels in targets.items()}
         for reply in await self._keys.eval_batched(_GROUP_SEND, routes, arguments):
             added, skipped, pruned = _int_triple(reply)
             self._counters.group_deliveries += added

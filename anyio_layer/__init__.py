@@ -17,8 +17,6 @@ own: :func:`open_pool`.
 
 from __future__ import annotations
 
-from ._pool import ConnectionPool, PoolStatistics, open_pool
-from ._scripts import Script
 from .exceptions import (
     AuthenticationError,
     ChannelFull,
@@ -39,8 +37,10 @@ from .exceptions import (
     ResponseError,
     TooManyRedirectionsError,
 )
-from .pubsub_layer import PubSubLayer, PubSubStatistics, open_pubsub_layer
-from .queue_layer import LayerChannel, LayerStatistics, QueueLayer, open_redis_layer
+from .pubsub.layer import PubSubLayer, PubSubStatistics, open_pubsub_layer
+from .queue.layer import LayerChannel, LayerStatistics, QueueLayer, open_redis_layer
+from .redis.pool import ConnectionPool, PoolStatistics, open_pool
+from .redis.scripts import Script
 
 __version__ = "0.1.0"
 

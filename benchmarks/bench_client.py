@@ -34,8 +34,8 @@ import anyio
 import redis
 import redis.asyncio
 
-from anyio_layer._pool import open_pool
-from anyio_layer._resp import Parser
+from anyio_layer.redis.pool import open_pool
+from anyio_layer.redis.protocol import Parser
 from anyio_layer.testing import RedisServer
 
 SCENARIOS: Final = ("sequential", "pipelined", "concurrent")

@@ -5,7 +5,7 @@ Redis server (emptied between runs), each in a fresh event loop with fresh
 layers (ours in two variants, see below):
 
     channels_redis/asyncio   channels_redis.core.RedisChannelLayer (redis-py + hiredis)
-    ours/asyncio             anyio_layer.queue_layer.open_redis_layer under asyncio
+    ours/asyncio             anyio_layer.queue.layer.open_redis_layer under asyncio
     ours/trio                the same under trio
 
 Both layers get the same options: msgpack, capacity 100, expiry 60 s, the
@@ -88,9 +88,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from channels.exceptions import ChannelFull as ChannelsRedisChannelFull
 from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped]
 
-from anyio_layer._resp import Parser
 from anyio_layer.exceptions import ChannelFull as OurChannelFull
-from anyio_layer.queue_layer import open_redis_layer
+from anyio_layer.queue.layer import open_redis_layer
+from anyio_layer.redis.protocol import Parser
 from anyio_layer.testing import RedisServer
 
 PREFIX: Final = "benchlayer"

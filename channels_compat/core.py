@@ -20,17 +20,17 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from anyio_layer._config import CapacityRules
-from anyio_layer._hosts import ClusterConfig, parse_hosts
-from anyio_layer._keyspace import check_cluster_prefix
-from anyio_layer.names import random_client_prefix
-from anyio_layer.queue_layer import (
+from anyio_layer.common.options import CapacityRules
+from anyio_layer.messages.names import random_client_prefix
+from anyio_layer.messages.serializers import registry
+from anyio_layer.queue.keyspace import check_cluster_prefix
+from anyio_layer.queue.layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
     LayerStatistics,
     QueueLayer,
     open_redis_layer,
 )
-from anyio_layer.serializers import registry
+from anyio_layer.redis.hosts import ClusterConfig, parse_hosts
 
 from ._base import CoreLayerAdapter
 from ._runtime import LoopRuntime
@@ -41,7 +41,7 @@ __all__ = ["RedisChannelLayer"]
 class RedisChannelLayer(CoreLayerAdapter[QueueLayer]):
     """The sorted-set channel layer, with channels_redis's options and behaviour.
 
-    Internally there is one core :class:`~anyio_layer.queue_layer.QueueLayer`
+    Internally there is one core :class:`~anyio_layer.queue.layer.QueueLayer`
     per event loop (see :mod:`channels_compat._runtime`). Each names its
     channels ``<client_prefix>-<n>`` and may receive from any channel of this
     object's ``client_prefix`` family, so a channel made by ``new_channel()``

@@ -29,7 +29,7 @@ Differences that matter, all in the user's favour:
   dicts with ``"cluster": True``; Redis 7+), which channels_redis's pub/sub
   layer cannot use: messages go through sharded pub/sub, and a slot that moves
   (resharding, failover) is resubscribed on its new owner, announced with
-  ``on_disconnect`` / ``on_reconnect`` (see :mod:`anyio_layer.pubsub_layer`).
+  ``on_disconnect`` / ``on_reconnect`` (see :mod:`anyio_layer.pubsub.layer`).
 """
 
 from __future__ import annotations
@@ -37,15 +37,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from anyio_layer._hosts import ClusterConfig, parse_hosts
 from anyio_layer.exceptions import ConfigurationError
-from anyio_layer.pubsub_layer import (
+from anyio_layer.messages.serializers import registry
+from anyio_layer.pubsub.layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
     PubSubLayer,
     PubSubStatistics,
     open_pubsub_layer,
 )
-from anyio_layer.serializers import registry
+from anyio_layer.redis.hosts import ClusterConfig, parse_hosts
 
 from ._base import CoreLayerAdapter
 from ._runtime import LoopRuntime

@@ -7,7 +7,7 @@ the same registry the core uses.
 
 from __future__ import annotations
 
-from anyio_layer.serializers import (
+from anyio_layer.messages.serializers import (
     BaseMessageSerializer,
     JSONSerializer,
     MissingSerializer,

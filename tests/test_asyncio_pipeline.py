@@ -1,4 +1,4 @@
-"""The asyncio fast path of the shared pipelined connection (``anyio_layer._asyncio_pipeline``).
+"""The asyncio fast path of the shared connection (``anyio_layer.redis.asyncio_pipeline``).
 
 Under asyncio the pool's shared connection is an ``asyncio.Protocol``; these
 tests exercise that path specifically (the pool suites run it too, on both
@@ -17,9 +17,6 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from anyio_layer._asyncio_pipeline import AsyncioPipeline, _HandshakeStream, running_on_asyncio
-from anyio_layer._pool import ConnectionPool, open_pool
-from anyio_layer._resp import Arg
 from anyio_layer.exceptions import (
     AuthenticationError,
     LayerClosedError,
@@ -27,6 +24,9 @@ from anyio_layer.exceptions import (
     RedisConnectionError,
     RedisTimeoutError,
 )
+from anyio_layer.redis.asyncio_pipeline import AsyncioPipeline, _HandshakeStream, running_on_asyncio
+from anyio_layer.redis.pool import ConnectionPool, open_pool
+from anyio_layer.redis.protocol import Arg
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ from collections import Counter
 import anyio
 import pytest
 
-from anyio_layer._pool import ConnectionPool, open_pool
+from anyio_layer.redis.pool import ConnectionPool, open_pool
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""The queue layer's cancellation contract (``anyio_layer.queue_layer``), under asyncio and trio.
+"""The queue layer's cancellation contract (``anyio_layer.queue.layer``), under asyncio and trio.
 
 * Cancelling ``receive()`` at any moment loses no message that ``send()``
   accepted and delivers none twice: process-local channels (one reader task
@@ -26,9 +26,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from anyio_layer._pool import ConnectionPool
 from anyio_layer.exceptions import ChannelFull
-from anyio_layer.queue_layer import _SEND, RESERVED_KEY, QueueLayer, open_redis_layer
+from anyio_layer.queue.layer import _SEND, RESERVED_KEY, QueueLayer, open_redis_layer
+from anyio_layer.redis.pool import ConnectionPool
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio

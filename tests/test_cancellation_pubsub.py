@@ -1,4 +1,4 @@
-"""The pub/sub layer's cancellation contract (``anyio_layer.pubsub_layer``), under asyncio and trio.
+"""The pub/sub layer's cancellation contract (``anyio_layer.pubsub.layer``), under asyncio and trio.
 
 * Cancelling ``receive()`` at any moment loses nothing that was published
   while the channel was subscribed and delivers nothing twice, for direct
@@ -29,7 +29,7 @@ import anyio.lowlevel
 import pytest
 
 from anyio_layer.exceptions import LayerClosedError
-from anyio_layer.pubsub_layer import PubSubLayer, open_pubsub_layer
+from anyio_layer.pubsub.layer import PubSubLayer, open_pubsub_layer
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio

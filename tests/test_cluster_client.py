@@ -18,7 +18,13 @@ from typing import Any
 import anyio
 import pytest
 
-from anyio_layer._cluster import (
+from anyio_layer.exceptions import (
+    AuthenticationError,
+    LayerClosedError,
+    RedisConnectionError,
+    ResponseError,
+)
+from anyio_layer.redis.cluster.client import (
     ClusterClient,
     ClusterUnavailableError,
     CrossSlotError,
@@ -26,15 +32,9 @@ from anyio_layer._cluster import (
     key_slot,
     open_cluster,
 )
-from anyio_layer._hosts import TCPAddress
-from anyio_layer._resp import ErrorReply
-from anyio_layer._scripts import Script
-from anyio_layer.exceptions import (
-    AuthenticationError,
-    LayerClosedError,
-    RedisConnectionError,
-    ResponseError,
-)
+from anyio_layer.redis.hosts import TCPAddress
+from anyio_layer.redis.protocol import ErrorReply
+from anyio_layer.redis.scripts import Script
 from anyio_layer.testing import RedisServer, find_all_redis_servers, redis_server_version
 from anyio_layer.testing import cluster as cluster_module
 from anyio_layer.testing.cluster import RedisCluster, run_redis_cluster

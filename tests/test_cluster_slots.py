@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from anyio_layer._cluster import (
+from anyio_layer.exceptions import ConfigurationError, ProtocolError, RedisConnectionError
+from anyio_layer.redis.cluster.client import (
     CLUSTER_SLOTS,
     CrossSlotError,
     _parse_redirection,
@@ -20,8 +21,7 @@ from anyio_layer._cluster import (
     open_cluster,
     slot_for_keys,
 )
-from anyio_layer._hosts import ConnectionOptions, TCPAddress
-from anyio_layer.exceptions import ConfigurationError, ProtocolError, RedisConnectionError
+from anyio_layer.redis.hosts import ConnectionOptions, TCPAddress
 
 ASKED = TCPAddress("10.0.0.9", 7000)
 

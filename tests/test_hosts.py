@@ -6,7 +6,8 @@ import ssl
 
 import pytest
 
-from anyio_layer._hosts import (
+from anyio_layer.exceptions import ConfigurationError
+from anyio_layer.redis.hosts import (
     ClusterConfig,
     SentinelConfig,
     ServerConfig,
@@ -15,7 +16,6 @@ from anyio_layer._hosts import (
     parse_host,
     parse_hosts,
 )
-from anyio_layer.exceptions import ConfigurationError
 
 
 def server(entry: object) -> ServerConfig:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anyio_layer.exceptions import InvalidChannelName, InvalidGroupName
-from anyio_layer.names import (
+from anyio_layer.messages.names import (
     DEFAULT_NEW_CHANNEL_PREFIX,
     MAX_NAME_LENGTH,
     is_process_local,

@@ -8,9 +8,6 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from anyio_layer._pool import ConnectionPool, open_pool
-from anyio_layer._resp import ErrorReply
-from anyio_layer._scripts import Script
 from anyio_layer.exceptions import (
     AuthenticationError,
     LayerClosedError,
@@ -19,6 +16,9 @@ from anyio_layer.exceptions import (
     RedisTimeoutError,
     ResponseError,
 )
+from anyio_layer.redis.pool import ConnectionPool, open_pool
+from anyio_layer.redis.protocol import ErrorReply
+from anyio_layer.redis.scripts import Script
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -320,7 +320,7 @@ async def test_lifetime(redis_url: str, redis_server: RedisServer) -> None:
 
 
 async def test_open_pool_accepts_parsed_config_and_reports_server(redis_url: str) -> None:
-    from anyio_layer._hosts import parse_host
+    from anyio_layer.redis.hosts import parse_host
 
     config = parse_host(redis_url)
     async with open_pool(config) as pool:

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anyio_layer import _resp
-from anyio_layer._resp import (
+from anyio_layer.exceptions import ProtocolError
+from anyio_layer.redis import protocol as _resp
+from anyio_layer.redis.protocol import (
     HIREDIS_AVAILABLE,
     NEED_DATA,
     Arg,
@@ -24,7 +25,6 @@ from anyio_layer._resp import (
     encode_command,
     encode_commands,
 )
-from anyio_layer.exceptions import ProtocolError
 
 # Every parser test runs against both implementations.
 IMPLEMENTATIONS = [

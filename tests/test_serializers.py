@@ -19,14 +19,14 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anyio_layer import encryption
 from anyio_layer.exceptions import (
     ChannelLayerError,
     ConfigurationError,
     InvalidMessage,
     MessageDecodeError,
 )
-from anyio_layer.serializers import (
+from anyio_layer.messages import encryption
+from anyio_layer.messages.serializers import (
     BaseMessageSerializer,
     JSONSerializer,
     MessageSerializer,
@@ -595,7 +595,7 @@ class Abstract(BaseMessageSerializer):
 @pytest.mark.parametrize(
     ("serializer_class", "detail"),
     [
-        (JSONSerializer(), "must be a class, not an instance of anyio_layer.serializers"),
+        (JSONSerializer(), "must be a class, not an instance of anyio_layer.messages.serializers"),
         ("json", "must be a class, not an instance of str"),
         (NoDeserialize, "lacks deserialize"),
         (object, "lacks serialize and deserialize"),
@@ -629,7 +629,7 @@ def test_missing_serializer() -> None:
 
 def test_cryptography_is_imported_lazily() -> None:
     code = (
-        "import sys, anyio_layer.serializers as s; "
+        "import sys, anyio_layer.messages.serializers as s; "
         "s.registry.get_serializer('msgpack', random_prefix_length=12, expiry=60); "
         "print('cryptography' in sys.modules)"
     )

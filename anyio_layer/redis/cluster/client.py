@@ -1,4 +1,4 @@
-"""A Redis Cluster client built on the per-server :class:`~anyio_layer._pool.ConnectionPool`.
+"""A Redis Cluster client built on the per-server :class:`~anyio_layer.redis.pool.ConnectionPool`.
 
 Redis Cluster splits the key space into 16384 *hash slots*; each slot is
 served by one primary (and copied to its replicas). :func:`key_slot` computes
@@ -16,7 +16,7 @@ then the seeds until one answers. It is learned lazily, on first use, and
 refreshed whenever the cluster tells us it changed: after a ``MOVED`` reply
 (in the background), and before retrying after a connection error or
 ``CLUSTERDOWN`` (inline). Refreshes are coalesced and rate-limited
-(``refresh_interval``). There is one :class:`~anyio_layer._pool.ConnectionPool`
+(``refresh_interval``). There is one :class:`~anyio_layer.redis.pool.ConnectionPool`
 per node (a pipelined shared connection plus dedicated ones for blocking
 commands), opened lazily inside the client's own task group and closed when
 the ``async with`` block of :func:`open_cluster` ends. The connection options
@@ -73,20 +73,8 @@ from typing import Final, TypeVar
 import anyio
 import anyio.abc
 
-from ._connection import raise_for_reply
-from ._hosts import (
-    ConnectionOptions,
-    SentinelConfig,
-    ServerConfig,
-    TCPAddress,
-    as_cluster_seed,
-    parse_host,
-)
-from ._pool import ConnectionPool, PoolStatistics
-from ._resp import Arg, ErrorReply
-from ._scripts import Script
-from ._tasks import open_service_task_group
-from .exceptions import (
+from ...common.tasks import open_service_task_group
+from ...exceptions import (
     AuthenticationError,
     ClusterUnavailableError,
     ConfigurationError,
@@ -98,6 +86,18 @@ from .exceptions import (
     ResponseError,
     TooManyRedirectionsError,
 )
+from ..connection import raise_for_reply
+from ..hosts import (
+    ConnectionOptions,
+    SentinelConfig,
+    ServerConfig,
+    TCPAddress,
+    as_cluster_seed,
+    parse_host,
+)
+from ..pool import ConnectionPool, PoolStatistics
+from ..protocol import Arg, ErrorReply
+from ..scripts import Script
 
 __all__ = [
     "CLUSTER_SLOTS",
@@ -414,7 +414,7 @@ class ClusterClient:
         in order; with ``raise_on_error`` the first error reply raises
         :class:`~anyio_layer.exceptions.ResponseError` once all are read,
         otherwise error replies are returned in place as
-        :class:`~anyio_layer._resp.ErrorReply`. Not a transaction: see the
+        :class:`~anyio_layer.redis.protocol.ErrorReply`. Not a transaction: see the
         module docstring for how redirections inside a pipeline are handled.
         """
         slot = key_slot(key)
@@ -479,7 +479,7 @@ class ClusterClient:
 
         It runs on a dedicated connection of that node's pool, with the
         cancellation guarantees of
-        :meth:`ConnectionPool.execute_blocking <anyio_layer._pool.ConnectionPool.execute_blocking>`
+        :meth:`~anyio_layer.redis.pool.ConnectionPool.execute_blocking`
         (``on_cancelled_reply`` receives an element popped at the moment of
         cancellation). Redirections are followed as for :meth:`execute`;
         after ``ASK`` the command runs as ``ASKING`` + command on one
@@ -522,7 +522,7 @@ class ClusterClient:
         For batching: send each node's share in one pipeline (see also
         :meth:`pipeline_by_key`). Keys keep their order within a group. Keys
         of slots no node is known to serve are grouped under an arbitrary
-        node (which will redirect). ``keys`` may be any :data:`~anyio_layer._resp.Arg`.
+        node (which will redirect). ``keys`` may be any :data:`~anyio_layer.redis.protocol.Arg`.
         """
         await self._ensure_topology()
         groups: dict[ServerConfig, list[_K]] = {}
@@ -550,7 +550,7 @@ class ClusterClient:
 
         For what the client does not route itself, such as a subscriber
         connection borrowed with :meth:`ConnectionPool.connection
-        <anyio_layer._pool.ConnectionPool.connection>`: it lives as long as the
+        <anyio_layer.redis.pool.ConnectionPool.connection>`: it lives as long as the
         block that borrows it, and nothing follows redirections on it.
 
         Raises:
@@ -1014,8 +1014,8 @@ async def open_cluster(
 
     Args:
         seeds: one node, or a list of nodes, in any form
-            :func:`~anyio_layer._hosts.parse_host` accepts (URL, ``(host,
-            port)``, dict, :class:`~anyio_layer._hosts.ServerConfig`). Any
+            :func:`~anyio_layer.redis.hosts.parse_host` accepts (URL, ``(host,
+            port)``, dict, :class:`~anyio_layer.redis.hosts.ServerConfig`). Any
             node of the cluster will do; several help if some are down.
         options: connection options (TLS, credentials, timeouts,
             ``max_connections``...) for every node; default: the first seed's.

@@ -6,7 +6,7 @@ its :class:`KeyHome` (the place that key lives) and runs its commands there.
 There are two key spaces:
 
 * :class:`ShardedKeySpace`, for ``hosts`` listing independent servers: the
-  key names are channels_redis's (see :mod:`anyio_layer._routing`) and each
+  key names are channels_redis's (see :mod:`anyio_layer.common.sharding`) and each
   name is placed on a server by channels_redis's CRC32 ring, so both
   libraries can share the servers during a migration.
 * :class:`ClusterKeySpace`, for a Redis Cluster. The name part of every key
@@ -36,13 +36,13 @@ from typing import Protocol
 
 import anyio
 
-from ._cluster import ClusterClient, key_slot
-from ._pool import ConnectionPool
-from ._resp import Arg
-from ._routing import Router, scan_pattern
-from ._scripts import Script
-from .exceptions import ConfigurationError, ResponseError
-from .names import non_local_name
+from ..common.sharding import Router, scan_pattern
+from ..exceptions import ConfigurationError, ResponseError
+from ..messages.names import non_local_name
+from ..redis.cluster.client import ClusterClient, key_slot
+from ..redis.pool import ConnectionPool
+from ..redis.protocol import Arg
+from ..redis.scripts import Script
 
 __all__ = [
     "ClusterKeySpace",

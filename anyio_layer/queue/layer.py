@@ -9,11 +9,11 @@ Open it with :func:`open_redis_layer`; everything it runs lives inside that
             message = await channel.receive()
 
 Data layout and message encoding are channels_redis 4.x's (see
-:mod:`anyio_layer._routing`), so processes running either library can share
+:mod:`anyio_layer.common.sharding`), so processes running either library can share
 one Redis during a migration. On a Redis Cluster (``hosts`` listing
 ``redis+cluster://`` seeds) the keys carry hash tags instead, and commands
 follow their slot through failovers and resharding: the layer only ever talks
-to a :class:`~anyio_layer._keyspace.KeySpace`, which hides the difference.
+to a :class:`~anyio_layer.queue.keyspace.KeySpace`, which hides the difference.
 
 How messages move:
 
@@ -84,15 +84,10 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 
-from ._cluster import open_cluster
-from ._config import CapacityRules, positive_number, require_prefix
-from ._hosts import ClusterConfig, parse_hosts
-from ._keyspace import ClusterKeySpace, KeyHome, KeySpace, ShardedKeySpace
-from ._local import LayerChannel, LocalBuffer, ScopedChannels
-from ._pool import open_pool
-from ._scripts import Script
-from ._tasks import open_service_task_group
-from .exceptions import (
+from ..common.channels import LayerChannel, LocalBuffer, ScopedChannels
+from ..common.options import CapacityRules, positive_number, require_prefix
+from ..common.tasks import open_service_task_group
+from ..exceptions import (
     ChannelFull,
     ClusterUnavailableError,
     ConfigurationError,
@@ -106,7 +101,7 @@ from .exceptions import (
     ResponseError,
     TooManyRedirectionsError,
 )
-from .names import (
+from ..messages.names import (
     is_process_local,
     new_channel_name,
     non_local_name,
@@ -114,7 +109,12 @@ from .names import (
     validate_channel_name,
     validate_group_name,
 )
-from .serializers import MessageSerializer, registry
+from ..messages.serializers import MessageSerializer, registry
+from ..redis.cluster.client import open_cluster
+from ..redis.hosts import ClusterConfig, parse_hosts
+from ..redis.pool import open_pool
+from ..redis.scripts import Script
+from .keyspace import ClusterKeySpace, KeyHome, KeySpace, ShardedKeySpace
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

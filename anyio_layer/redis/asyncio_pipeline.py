@@ -1,6 +1,6 @@
 """The shared pipelined connection as an :class:`asyncio.Protocol`: the asyncio fast path.
 
-Under asyncio, :class:`~anyio_layer._pool.ConnectionPool` runs its shared
+Under asyncio, :class:`~anyio_layer.redis.pool.ConnectionPool` runs its shared
 pipelined connection on :class:`AsyncioPipeline` instead of ``_Pipeline`` (an
 anyio byte stream plus a reader task). Trio, and the dedicated connections of
 blocking commands and subscribers, keep the anyio stream path. The two
@@ -13,7 +13,7 @@ anyio's stream machinery, which dominates the per-command cost under asyncio
 How it works:
 
 * **Replies** are parsed in :meth:`~AsyncioPipeline.data_received` with the
-  usual :class:`~anyio_layer._resp.Parser` and matched in FIFO order to
+  usual :class:`~anyio_layer.redis.protocol.Parser` and matched in FIFO order to
   pending requests, each of which waits on its own ``loop.create_future()``.
 * **Writes**: ``transport.write()`` is synchronous and takes the whole payload
   (the transport buffers what the socket does not take), so a command is
@@ -24,7 +24,7 @@ How it works:
 * **Flow control**: between ``pause_writing()`` and ``resume_writing()`` the
   outbox only collects; it is written once the transport has drained.
 
-Contract (the same as ``_Pipeline``'s, see :mod:`anyio_layer._pool`):
+Contract (the same as ``_Pipeline``'s, see :mod:`anyio_layer.redis.pool`):
 
 * A cancelled caller stops waiting (its future is cancelled or abandoned).
   Its reply is still consumed when it arrives, and dropped, so later replies
@@ -45,7 +45,7 @@ Contract (the same as ``_Pipeline``'s, see :mod:`anyio_layer._pool`):
   most about a second), so nothing outlives ``open_pool``'s block.
 
 Connecting: :func:`open_asyncio_pipeline` has the pool open the connection
-with :func:`~anyio_layer._connection.connect` as for any other connection,
+with :func:`~anyio_layer.redis.connection.connect` as for any other connection,
 passing an ``open_stream`` that connects with ``loop.create_connection()``
 (TCP, TLS through asyncio's SSL transport, or ``create_unix_connection()``)
 and returns a small anyio ``ByteStream`` over this protocol. The handshake
@@ -65,10 +65,10 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._connection import Connection, OpenStream, translate_io_errors
-from ._hosts import ServerConfig, TCPAddress
-from ._resp import NEED_DATA, Parser
-from .exceptions import ProtocolError, RedisConnectionError, RedisTimeoutError
+from ..exceptions import ProtocolError, RedisConnectionError, RedisTimeoutError
+from .connection import Connection, OpenStream, translate_io_errors
+from .hosts import ServerConfig, TCPAddress
+from .protocol import NEED_DATA, Parser
 
 try:
     from sniffio import current_async_library
@@ -103,7 +103,7 @@ async def open_asyncio_pipeline(
     """Connect a new :class:`AsyncioPipeline`; call only on the asyncio backend.
 
     ``connect(open_stream)`` must open and hand-shake a connection with
-    :func:`~anyio_layer._connection.connect`, passing ``open_stream`` on (the
+    :func:`~anyio_layer.redis.connection.connect`, passing ``open_stream`` on (the
     pool's ``_connect`` does, with its back-off and bookkeeping). ``on_close``
     is called once, synchronously, when the pipeline closes for any reason.
     """
@@ -129,7 +129,7 @@ class AsyncioPipeline(asyncio.Protocol):
     the protocol serves a :class:`_HandshakeStream`; after that it pipelines.
     """
 
-    #: The connection (from :func:`~anyio_layer._connection.connect`); set once connected.
+    #: The connection (from :func:`~anyio_layer.redis.connection.connect`); set once connected.
     connection: Connection
 
     def __init__(self, on_close: Callable[[AsyncioPipeline], None]) -> None:
@@ -385,7 +385,7 @@ class AsyncioPipeline(asyncio.Protocol):
 class _HandshakeStream(anyio.abc.ByteStream):
     """An anyio byte stream over an :class:`AsyncioPipeline` still doing its handshake.
 
-    Only :func:`~anyio_layer._connection.connect`'s handshake (a few hundred
+    Only :func:`~anyio_layer.redis.connection.connect`'s handshake (a few hundred
     bytes, one round trip) reads and writes through it; afterwards its
     :meth:`aclose`, called through :meth:`Connection.aclose`, is what closes
     the transport.

@@ -51,7 +51,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, TypeAlias
 
-from .exceptions import ProtocolError
+from ..exceptions import ProtocolError
 
 try:
     import hiredis

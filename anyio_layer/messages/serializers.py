@@ -17,7 +17,7 @@ Redis in either direction)::
   options; decoded with ``json.loads``).
 * The random prefix only makes equal messages distinct members of the Redis
   sorted set that holds a channel; it is stripped unread on the way back.
-* Encryption (see :mod:`anyio_layer.encryption`) derives each Fernet key as
+* Encryption (see :mod:`anyio_layer.messages.encryption`) derives each Fernet key as
   urlsafe-base64(SHA-256(key)); the first key encrypts, all keys decrypt, and
   tokens older than ``expiry + 10`` seconds are rejected (no limit when
   ``expiry`` is None).
@@ -67,8 +67,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
+from ..exceptions import ConfigurationError, InvalidMessage, MessageDecodeError
 from .encryption import decrypt, make_crypter, make_fernet
-from .exceptions import ConfigurationError, InvalidMessage, MessageDecodeError
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet, MultiFernet

@@ -4,7 +4,7 @@ A :class:`Connection` owns a TCP, Unix-socket or TLS stream and a RESP parser.
 It knows how to connect and perform the handshake (AUTH, SELECT,
 CLIENT SETNAME, CLIENT ID in one round trip), how to write bytes and how to
 read whole replies. It does not know who is waiting for which reply: that is
-the job of :mod:`anyio_layer._pool`, which either lends a connection to one
+the job of :mod:`anyio_layer.redis.pool`, which either lends a connection to one
 task at a time (blocking commands, subscribers) or multiplexes many tasks over
 one pipelined connection.
 
@@ -29,15 +29,15 @@ from typing import Final, TypeAlias
 import anyio
 import anyio.abc
 
-from ._hosts import ServerConfig, TCPAddress
-from ._resp import NEED_DATA, Arg, ErrorReply, Parser, encode_commands
-from .exceptions import (
+from ..exceptions import (
     AuthenticationError,
     ProtocolError,
     RedisConnectionError,
     RedisTimeoutError,
     ResponseError,
 )
+from .hosts import ServerConfig, TCPAddress
+from .protocol import NEED_DATA, Arg, ErrorReply, Parser, encode_commands
 
 __all__ = ["Connection", "OpenStream", "connect", "raise_for_reply", "translate_io_errors"]
 
@@ -176,7 +176,7 @@ async def connect(
     ``open_stream`` replaces how the stream is opened (by default anyio's TCP,
     TLS or Unix-socket stream); it must turn I/O failures into
     :class:`RedisConnectionError` like :func:`translate_io_errors`. The asyncio
-    fast path of :mod:`anyio_layer._asyncio_pipeline` passes its own, so its
+    fast path of :mod:`anyio_layer.redis.asyncio_pipeline` passes its own, so its
     handshake is this very code.
     """
     options = server.options

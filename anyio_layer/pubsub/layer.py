@@ -27,7 +27,7 @@ How messages move:
   right afterwards is not missed.
 
 **Redis Cluster** (``hosts`` of ``redis+cluster://`` seeds, see
-:mod:`anyio_layer._hosts`) uses *sharded* pub/sub, which needs Redis (or
+:mod:`anyio_layer.redis.hosts`) uses *sharded* pub/sub, which needs Redis (or
 Valkey) 7 or later: a Redis channel belongs to the hash slot of its name, like
 a key, and lives on the primary serving that slot. ``send()`` and
 ``group_send()`` are one ``SPUBLISH`` routed by the name's slot (redirections
@@ -91,15 +91,11 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 
-from ._cluster import ClusterClient, open_cluster
-from ._config import positive_number, require_prefix
-from ._hosts import ClusterConfig, parse_hosts
-from ._local import LayerChannel, LocalBuffer, ScopedChannels
-from ._pool import ConnectionPool, open_pool
-from ._routing import consistent_hash
-from ._subscriptions import ClusterSubscriptions, ShardedSubscriptions, Subscriber, Subscriptions
-from ._tasks import open_service_task_group
-from .exceptions import (
+from ..common.channels import LayerChannel, LocalBuffer, ScopedChannels
+from ..common.options import positive_number, require_prefix
+from ..common.sharding import consistent_hash
+from ..common.tasks import open_service_task_group
+from ..exceptions import (
     ConfigurationError,
     InvalidChannelName,
     InvalidMessage,
@@ -109,8 +105,12 @@ from .exceptions import (
     RedisConnectionError,
     ResponseError,
 )
-from .names import validate_channel_name, validate_group_name
-from .serializers import MessageSerializer, registry
+from ..messages.names import validate_channel_name, validate_group_name
+from ..messages.serializers import MessageSerializer, registry
+from ..redis.cluster.client import ClusterClient, open_cluster
+from ..redis.hosts import ClusterConfig, parse_hosts
+from ..redis.pool import ConnectionPool, open_pool
+from .subscriptions import ClusterSubscriptions, ShardedSubscriptions, Subscriber, Subscriptions
 
 __all__ = ["LayerChannel", "PubSubLayer", "PubSubStatistics", "open_pubsub_layer"]
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from .exceptions import InvalidChannelName, InvalidGroupName
+from ..exceptions import InvalidChannelName, InvalidGroupName
 
 __all__ = [
     "CHANNEL_NAME_REGEX",

@@ -7,7 +7,7 @@ write is in progress are written together by that writer. A reader task
 (in the pool's task group) matches replies to callers in FIFO order. This is
 where the speed comes from: fifty concurrent senders cost a handful of
 syscalls, not fifty round trips. Under asyncio, the shared connection runs on
-an ``asyncio.Protocol`` instead (:mod:`anyio_layer._asyncio_pipeline`: same
+an ``asyncio.Protocol`` instead (:mod:`anyio_layer.redis.asyncio_pipeline`: same
 interface and contract, without anyio's stream machinery and reader task);
 trio, and the dedicated connections below, use anyio streams.
 
@@ -51,13 +51,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._asyncio_pipeline import open_asyncio_pipeline, running_on_asyncio
-from ._connection import Connection, OpenStream, connect, raise_for_reply
-from ._hosts import DEFAULT_HOST, HostConfig, SentinelConfig, ServerConfig, TCPAddress, parse_host
-from ._resp import Arg, ErrorReply, encode_command, encode_commands
-from ._scripts import Script
-from ._tasks import open_service_task_group
-from .exceptions import (
+from ..common.tasks import open_service_task_group
+from ..exceptions import (
     LayerClosedError,
     ProtocolError,
     RedisConnectionError,
@@ -65,6 +60,11 @@ from .exceptions import (
     RedisTimeoutError,
     ResponseError,
 )
+from .asyncio_pipeline import open_asyncio_pipeline, running_on_asyncio
+from .connection import Connection, OpenStream, connect, raise_for_reply
+from .hosts import DEFAULT_HOST, HostConfig, SentinelConfig, ServerConfig, TCPAddress, parse_host
+from .protocol import Arg, ErrorReply, encode_command, encode_commands
+from .scripts import Script
 
 __all__ = ["MAX_BACKOFF", "ConnectionPool", "PoolStatistics", "open_pool"]
 
@@ -263,7 +263,7 @@ class ConnectionPool:
         With ``raise_on_error`` (the default), the first error reply raises
         :class:`~anyio_layer.exceptions.ResponseError` after all replies are
         read; otherwise error replies are returned in place as
-        :class:`~anyio_layer._resp.ErrorReply`.
+        :class:`~anyio_layer.redis.protocol.ErrorReply`.
         """
         if not commands:
             return []
@@ -454,7 +454,7 @@ class ConnectionPool:
     async def _connect(self, open_stream: OpenStream | None = None) -> Connection:
         """Open a connection (with Sentinel discovery), honouring the back-off window.
 
-        ``open_stream`` is passed on to :func:`~anyio_layer._connection.connect`.
+        ``open_stream`` is passed on to :func:`~anyio_layer.redis.connection.connect`.
         """
         self._check_open()
         now = anyio.current_time()

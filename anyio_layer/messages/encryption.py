@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Set
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from .exceptions import ConfigurationError, MessageDecodeError
+from ..exceptions import ConfigurationError, MessageDecodeError
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet, MultiFernet

@@ -13,7 +13,7 @@ and what happens when a subscription is lost or refused:
   to a placer task that re-learns the topology and subscribes the name on its
   slot's current owner.
 
-The layer (:mod:`anyio_layer.pubsub_layer`) is told about lost and restored
+The layer (:mod:`anyio_layer.pubsub.layer`) is told about lost and restored
 names, to deliver ``on_disconnect``/``on_reconnect``, and gets every message
 through its ``_dispatch``.
 """
@@ -32,13 +32,8 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._cluster import ClusterClient, key_slot
-from ._connection import Connection
-from ._hosts import TCPAddress
-from ._pool import MAX_BACKOFF, ConnectionPool
-from ._resp import Arg, ErrorReply, encode_commands
-from ._routing import consistent_hash
-from .exceptions import (
+from ..common.sharding import consistent_hash
+from ..exceptions import (
     ConfigurationError,
     ProtocolError,
     RedisConnectionError,
@@ -46,9 +41,14 @@ from .exceptions import (
     RedisTimeoutError,
     ResponseError,
 )
+from ..redis.cluster.client import ClusterClient, key_slot
+from ..redis.connection import Connection
+from ..redis.hosts import TCPAddress
+from ..redis.pool import MAX_BACKOFF, ConnectionPool
+from ..redis.protocol import Arg, ErrorReply, encode_commands
 
 if TYPE_CHECKING:
-    from .pubsub_layer import PubSubLayer
+    from .layer import PubSubLayer
 
 __all__ = [
     "HEALTH_CHECK_INTERVAL",

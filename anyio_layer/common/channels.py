@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import anyio
 
-from .exceptions import ChannelClosedError, LayerClosedError, RedisError
-from .names import validate_group_name
+from ..exceptions import ChannelClosedError, LayerClosedError, RedisError
+from ..messages.names import validate_group_name
 
 __all__ = ["LayerChannel", "LocalBuffer", "ScopedChannels"]
 

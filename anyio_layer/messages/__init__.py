@@ -1,0 +1,1 @@
+"""What crosses the wire: channel and group names, serializers, encryption."""

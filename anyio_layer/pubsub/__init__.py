@@ -1,0 +1,1 @@
+"""The pub/sub layer: channels_redis's PUBLISH/SUBSCRIBE channel layer, on anyio."""

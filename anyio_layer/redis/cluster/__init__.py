@@ -1,0 +1,1 @@
+"""The Redis Cluster client: slot map, command routing and redirections, node pools."""

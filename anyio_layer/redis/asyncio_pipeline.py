@@ -66,8 +66,8 @@ import anyio.abc
 import anyio.lowlevel
 
 from ..exceptions import ProtocolError, RedisConnectionError, RedisTimeoutError
+from .config import ServerConfig, TCPAddress
 from .connection import Connection, OpenStream, translate_io_errors
-from .hosts import ServerConfig, TCPAddress
 from .protocol import NEED_DATA, Parser
 
 try:

@@ -36,7 +36,7 @@ from ..exceptions import (
     RedisTimeoutError,
     ResponseError,
 )
-from .hosts import ServerConfig, TCPAddress
+from .config import ServerConfig, TCPAddress
 from .protocol import NEED_DATA, Arg, ErrorReply, Parser, encode_commands
 
 __all__ = ["Connection", "OpenStream", "connect", "raise_for_reply", "translate_io_errors"]

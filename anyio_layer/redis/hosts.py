@@ -26,17 +26,38 @@ and non-cluster entries is an error, and so is a database other than 0.
 Anything else raises :class:`~anyio_layer.exceptions.ConfigurationError`
 naming the entry and saying what is allowed. Passwords never appear in error
 messages or reprs.
+
+This module owns the parsing of entries (URLs, pairs, dicts, Sentinel dicts,
+cluster seeds); the options of an entry are parsed by
+:mod:`anyio_layer.redis.host_options`, secrets are hidden from messages by
+:mod:`anyio_layer.redis.redaction`, and the types it builds are defined in
+:mod:`anyio_layer.redis.config` (and re-exported here, since callers of
+:func:`parse_hosts` use them). It does no I/O: whether a server answers is
+the connection's business. Tested in ``tests/test_hosts.py``.
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..exceptions import ConfigurationError
+from .config import (
+    CLUSTER_SUFFIX,
+    Address,
+    ClusterConfig,
+    ConnectionOptions,
+    HostConfig,
+    Hosts,
+    SentinelConfig,
+    ServerConfig,
+    TCPAddress,
+    TLSOptions,
+    UnixAddress,
+)
+from .host_options import parse_bool, parse_options, parse_port
+from .redaction import describe, redact, redact_url
 
 __all__ = [
     "DEFAULT_HOST",
@@ -58,160 +79,6 @@ DEFAULT_HOST = "redis://localhost:6379"
 
 _TCP_SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
 _UNIX_SCHEMES = {"unix", "redis+unix", "valkey+unix"}
-_CLUSTER_SUFFIX = "+cluster"
-
-_CERT_REQS = {
-    None: ssl.CERT_NONE,
-    "none": ssl.CERT_NONE,
-    "optional": ssl.CERT_OPTIONAL,
-    "required": ssl.CERT_REQUIRED,
-    ssl.CERT_NONE: ssl.CERT_NONE,
-    ssl.CERT_OPTIONAL: ssl.CERT_OPTIONAL,
-    ssl.CERT_REQUIRED: ssl.CERT_REQUIRED,
-}
-
-# redis-py connection options that have no meaning here. They are accepted so
-# that existing channels_redis configurations keep working, and ignored.
-_IGNORED_OPTIONS = frozenset(
-    {
-        "encoding",
-        "encoding_errors",
-        "health_check_interval",
-        "retry",
-        "retry_on_error",
-        "retry_on_timeout",
-        "socket_keepalive",
-        "socket_keepalive_options",
-        "socket_type",
-        "connection_class",
-        "single_connection_client",
-        "lib_name",
-        "lib_version",
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class TCPAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class UnixAddress:
-    path: str
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}"
-
-
-Address: TypeAlias = TCPAddress | UnixAddress
-
-
-@dataclass(frozen=True, slots=True)
-class TLSOptions:
-    """TLS settings, with redis-py's option names (minus the ``ssl_`` prefix)."""
-
-    cert_reqs: ssl.VerifyMode = ssl.CERT_REQUIRED
-    ca_certs: str | None = None
-    ca_path: str | None = None
-    ca_data: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    password: str | None = field(default=None, repr=False)
-    check_hostname: bool | None = None
-    server_hostname: str | None = None
-
-    def create_context(self) -> ssl.SSLContext:
-        """Build the client-side ``SSLContext`` these options describe."""
-        context = ssl.create_default_context(
-            cafile=self.ca_certs, capath=self.ca_path, cadata=self.ca_data
-        )
-        check_hostname = self.check_hostname
-        if check_hostname is None:
-            check_hostname = self.cert_reqs == ssl.CERT_REQUIRED
-        context.check_hostname = check_hostname and self.cert_reqs != ssl.CERT_NONE
-        context.verify_mode = self.cert_reqs
-        if self.certfile is not None:
-            context.load_cert_chain(self.certfile, self.keyfile, self.password)
-        return context
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionOptions:
-    """How to talk to one server once its address is known."""
-
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    db: int = 0
-    client_name: str | None = None
-    #: Seconds allowed for TCP/TLS connect plus the handshake. ``None`` waits forever.
-    socket_connect_timeout: float | None = 10.0
-    #: Seconds a non-blocking command may wait for its reply. ``None`` waits forever.
-    socket_timeout: float | None = None
-    tls: TLSOptions | None = None
-    #: Upper bound on dedicated connections (blocking commands, subscribers).
-    max_connections: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """A single server reached at a fixed address."""
-
-    address: Address
-    options: ConnectionOptions = ConnectionOptions()
-    #: Whether this entry was marked as a seed node of a Redis Cluster.
-    cluster: bool = False
-
-    def __str__(self) -> str:
-        scheme = "rediss" if self.options.tls else "redis"
-        if isinstance(self.address, UnixAddress):
-            return f"unix://{self.address.path}?db={self.options.db}"
-        if self.cluster:
-            return f"{scheme}{_CLUSTER_SUFFIX}://{self.address}"
-        return f"{scheme}://{self.address}/{self.options.db}"
-
-
-@dataclass(frozen=True, slots=True)
-class SentinelConfig:
-    """A primary found through Redis Sentinel."""
-
-    sentinels: tuple[TCPAddress, ...]
-    master_name: str
-    options: ConnectionOptions = ConnectionOptions()
-    sentinel_options: ConnectionOptions = ConnectionOptions()
-
-    def __str__(self) -> str:
-        sentinels = ",".join(str(address) for address in self.sentinels)
-        return f"sentinel://{sentinels}/{self.master_name}"
-
-
-HostConfig: TypeAlias = ServerConfig | SentinelConfig
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterConfig:
-    """A Redis Cluster, reached through one or more of its nodes (the seeds).
-
-    Every seed uses the same connection options (TLS, credentials, timeouts);
-    they apply to every node of the cluster.
-    """
-
-    seeds: tuple[ServerConfig, ...]
-
-    @property
-    def options(self) -> ConnectionOptions:
-        return self.seeds[0].options
-
-    def __str__(self) -> str:
-        return ", ".join(str(seed) for seed in self.seeds)
-
-
-#: What ``hosts`` describes: independent servers (sharded by the client), or one cluster.
-Hosts: TypeAlias = tuple[HostConfig, ...] | ClusterConfig
 
 
 def parse_hosts(hosts: object) -> Hosts:
@@ -227,7 +94,7 @@ def parse_hosts(hosts: object) -> Hosts:
     if isinstance(hosts, (str, bytes, Mapping)):
         raise ConfigurationError(
             f"hosts must be a list of Redis hosts, even if there is only one; "
-            f"got {_describe(hosts)}. Write hosts=[{_describe(hosts)}]."
+            f"got {describe(hosts)}. Write hosts=[{describe(hosts)}]."
         )
     if not isinstance(hosts, (list, tuple)):
         raise ConfigurationError(
@@ -276,20 +143,20 @@ def parse_host(entry: object) -> HostConfig:
         host, port = entry
         if not isinstance(host, str) or not host:
             raise ConfigurationError(f"hosts entry {entry!r}: host must be a non-empty string")
-        return ServerConfig(TCPAddress(host, _port(port, entry)), _options({}, entry))
+        return ServerConfig(TCPAddress(host, parse_port(port, entry)), parse_options({}, entry))
     if isinstance(entry, Mapping):
         return _from_dict(dict(entry))
     raise ConfigurationError(
-        f"hosts entry {_describe(entry)} is not valid: use a URL string "
+        f"hosts entry {describe(entry)} is not valid: use a URL string "
         f"(redis://, rediss://, unix://, valkey://, valkeys://), "
         f"a (host, port) tuple, or a dict"
     )
 
 
 def _from_dict(entry: dict[str, Any]) -> HostConfig:
-    shown = _redact(entry)
+    shown = redact(entry)
     if "cluster" in entry:
-        cluster = _bool(entry.pop("cluster"), "cluster", shown)
+        cluster = parse_bool(entry.pop("cluster"), "cluster", shown)
         config = _from_dict(entry)
         return as_cluster_seed(config, shown) if cluster else config
     if "sentinels" in entry or "master_name" in entry:
@@ -305,13 +172,13 @@ def _from_dict(entry: dict[str, Any]) -> HostConfig:
         path = entry.pop("unix_socket_path")
         if not isinstance(path, str) or not path:
             raise ConfigurationError(f"hosts entry {shown}: unix_socket_path must be a string")
-        return ServerConfig(UnixAddress(path), _options(entry, shown))
+        return ServerConfig(UnixAddress(path), parse_options(entry, shown))
     if "host" in entry or "port" in entry:
         host = entry.pop("host", "localhost")
         port = entry.pop("port", 6379)
         if not isinstance(host, str) or not host:
             raise ConfigurationError(f"hosts entry {shown}: host must be a non-empty string")
-        return ServerConfig(TCPAddress(host, _port(port, shown)), _options(entry, shown))
+        return ServerConfig(TCPAddress(host, parse_port(port, shown)), parse_options(entry, shown))
     raise ConfigurationError(
         f"hosts entry {shown} has no address: give 'address' (a URL), "
         f"'host' and 'port', 'unix_socket_path', or 'sentinels' and 'master_name'"
@@ -323,7 +190,9 @@ def _from_pair(
 ) -> HostConfig:
     if len(pair) != 2 or not isinstance(pair[0], str):
         raise ConfigurationError(f"hosts entry {shown}: address must be a URL or (host, port)")
-    return ServerConfig(TCPAddress(pair[0], _port(pair[1], shown)), _options(options, shown))
+    return ServerConfig(
+        TCPAddress(pair[0], parse_port(pair[1], shown)), parse_options(options, shown)
+    )
 
 
 def _sentinel(entry: dict[str, Any], shown: object) -> SentinelConfig:
@@ -349,11 +218,11 @@ def _sentinel(entry: dict[str, Any], shown: object) -> SentinelConfig:
         elif isinstance(sentinel, (list, tuple)) and len(sentinel) == 2:
             if not isinstance(sentinel[0], str) or not sentinel[0]:
                 raise ConfigurationError(f"Sentinel hosts entry {shown}: bad sentinel {sentinel!r}")
-            addresses.append(TCPAddress(sentinel[0], _port(sentinel[1], shown)))
+            addresses.append(TCPAddress(sentinel[0], parse_port(sentinel[1], shown)))
         else:
             raise ConfigurationError(
                 f"Sentinel hosts entry {shown}: each sentinel must be a (host, port) "
-                f"tuple, not {_describe(sentinel)}"
+                f"tuple, not {describe(sentinel)}"
             )
     sentinel_kwargs = entry.pop("sentinel_kwargs", None) or {}
     if not isinstance(sentinel_kwargs, Mapping):
@@ -366,8 +235,8 @@ def _sentinel(entry: dict[str, Any], shown: object) -> SentinelConfig:
     return SentinelConfig(
         sentinels=tuple(addresses),
         master_name=master_name,
-        options=_options(entry, shown),
-        sentinel_options=_options(dict(sentinel_kwargs), shown),
+        options=parse_options(entry, shown),
+        sentinel_options=parse_options(dict(sentinel_kwargs), shown),
     )
 
 
@@ -401,13 +270,13 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
     try:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        cluster = scheme.endswith(_CLUSTER_SUFFIX) and scheme != _CLUSTER_SUFFIX
+        cluster = scheme.endswith(CLUSTER_SUFFIX) and scheme != CLUSTER_SUFFIX
         if cluster:
-            scheme = scheme.removesuffix(_CLUSTER_SUFFIX)
+            scheme = scheme.removesuffix(CLUSTER_SUFFIX)
         port_value = parts.port if scheme in _TCP_SCHEMES else None
     except ValueError as exc:
         raise ConfigurationError(
-            f"hosts entry {_redact_url(url)!r} is not a valid URL: {exc}"
+            f"hosts entry {redact_url(url)!r} is not a valid URL: {exc}"
         ) from None
     options: dict[str, Any] = {}
     if parts.username:
@@ -417,7 +286,7 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         options[key] = value
     if "cluster" in options:
-        flag = _bool(options.pop("cluster"), "cluster", shown)
+        flag = parse_bool(options.pop("cluster"), "cluster", shown)
         if cluster and not flag:
             raise ConfigurationError(
                 f"hosts entry {shown} says cluster=false, but its scheme marks it as a "
@@ -426,7 +295,7 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
         cluster = flag
     if scheme in _TCP_SCHEMES:
         if not parts.hostname:
-            raise ConfigurationError(f"hosts entry {_redact_url(url)!r} has no host name")
+            raise ConfigurationError(f"hosts entry {redact_url(url)!r} has no host name")
         path = parts.path.strip("/")
         if path:
             options.setdefault("db", path)
@@ -435,174 +304,20 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
         address: Address = TCPAddress(parts.hostname, port_value or 6379)
     elif scheme in _UNIX_SCHEMES:
         if not parts.path:
-            raise ConfigurationError(f"hosts entry {_redact_url(url)!r} has no socket path")
+            raise ConfigurationError(f"hosts entry {redact_url(url)!r} has no socket path")
         address = UnixAddress(unquote(parts.path))
     elif not scheme:
         raise ConfigurationError(
-            f"hosts entry {_redact_url(url)!r} is not a URL (no scheme); "
+            f"hosts entry {redact_url(url)!r} is not a URL (no scheme); "
             f"write it as redis://host:port or unix:///path/to/socket"
         )
     else:
         allowed = ", ".join(f"{s}://" for s in [*_TCP_SCHEMES, "unix"])
-        allowed += ", and " + ", ".join(f"{s}{_CLUSTER_SUFFIX}://" for s in _TCP_SCHEMES)
+        allowed += ", and " + ", ".join(f"{s}{CLUSTER_SUFFIX}://" for s in _TCP_SCHEMES)
         raise ConfigurationError(
-            f"hosts entry {_redact_url(url)!r} has an unknown scheme {parts.scheme!r}; "
+            f"hosts entry {redact_url(url)!r} has an unknown scheme {parts.scheme!r}; "
             f"allowed schemes: {allowed}"
         )
     options.update(extra)  # explicit dict options win over the URL's
-    config = ServerConfig(address, _options(options, shown))
+    config = ServerConfig(address, parse_options(options, shown))
     return as_cluster_seed(config, shown) if cluster else config
-
-
-def _options(raw: dict[str, Any], shown: object) -> ConnectionOptions:
-    raw = dict(raw)
-    tls_raw = {key[4:]: raw.pop(key) for key in list(raw) if key.startswith("ssl_")}
-    use_tls = _bool(raw.pop("ssl", False), "ssl", shown) or bool(tls_raw)
-    for key in _IGNORED_OPTIONS & raw.keys():
-        del raw[key]
-    if raw.pop("decode_responses", False) not in (False, "false", "False", "0", 0):
-        raise ConfigurationError(
-            f"hosts entry {shown}: decode_responses must be false; messages are binary"
-        )
-    # Connections always speak RESP2 (pub/sub uses its own connections), so
-    # redis-py's ``protocol`` option is validated for typos and otherwise ignored.
-    protocol = raw.pop("protocol", None)
-    if protocol not in (None, 2, 3, "2", "3"):
-        raise ConfigurationError(f"hosts entry {shown}: protocol must be 2 or 3")
-    options = ConnectionOptions(
-        username=_opt_str(raw.pop("username", None), "username", shown),
-        password=_opt_str(raw.pop("password", None), "password", shown),
-        db=_int(raw.pop("db", 0), "db", shown, minimum=0),
-        client_name=_opt_str(raw.pop("client_name", None), "client_name", shown),
-        socket_connect_timeout=_timeout(
-            raw.pop("socket_connect_timeout", 10.0), "socket_connect_timeout", shown
-        ),
-        socket_timeout=_timeout(raw.pop("socket_timeout", None), "socket_timeout", shown),
-        max_connections=_opt_int(raw.pop("max_connections", None), "max_connections", shown),
-        tls=_tls(tls_raw, shown) if use_tls else None,
-    )
-    if raw:
-        unknown = ", ".join(sorted(map(str, raw)))
-        raise ConfigurationError(
-            f"hosts entry {shown} has unknown option(s): {unknown}. Known options: "
-            f"username, password, db, client_name, socket_connect_timeout, "
-            f"socket_timeout, max_connections, ssl, ssl_cert_reqs, ssl_ca_certs, "
-            f"ssl_ca_path, ssl_ca_data, ssl_certfile, ssl_keyfile, ssl_password, "
-            f"ssl_check_hostname"
-        )
-    return options
-
-
-def _tls(raw: dict[str, Any], shown: object) -> TLSOptions:
-    raw = dict(raw)
-    reqs = raw.pop("cert_reqs", ssl.CERT_REQUIRED)
-    if isinstance(reqs, str):
-        reqs = reqs.lower()
-    if reqs not in _CERT_REQS:
-        raise ConfigurationError(
-            f"hosts entry {shown}: ssl_cert_reqs must be None, 'none', 'optional' or "
-            f"'required', not {reqs!r}"
-        )
-    check_hostname = raw.pop("check_hostname", None)
-    tls = TLSOptions(
-        cert_reqs=_CERT_REQS[reqs],
-        ca_certs=_opt_str(raw.pop("ca_certs", None), "ssl_ca_certs", shown),
-        ca_path=_opt_str(raw.pop("ca_path", None), "ssl_ca_path", shown),
-        ca_data=_opt_str(raw.pop("ca_data", None), "ssl_ca_data", shown),
-        certfile=_opt_str(raw.pop("certfile", None), "ssl_certfile", shown),
-        keyfile=_opt_str(raw.pop("keyfile", None), "ssl_keyfile", shown),
-        password=_opt_str(raw.pop("password", None), "ssl_password", shown),
-        check_hostname=None
-        if check_hostname is None
-        else _bool(check_hostname, "ssl_check_hostname", shown),
-        server_hostname=_opt_str(raw.pop("server_hostname", None), "ssl_server_hostname", shown),
-    )
-    if raw:
-        unknown = ", ".join(f"ssl_{key}" for key in sorted(raw))
-        raise ConfigurationError(f"hosts entry {shown} has unknown TLS option(s): {unknown}")
-    return tls
-
-
-def _port(value: object, shown: object) -> int:
-    port = _int(value, "port", shown, minimum=1)
-    if port > 65535:
-        raise ConfigurationError(f"hosts entry {shown}: port {port} is out of range 1-65535")
-    return port
-
-
-def _int(value: object, name: str, shown: object, *, minimum: int) -> int:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(
-            f"hosts entry {shown}: {name} must be an integer >= {minimum}, not {value!r}"
-        )
-    return value
-
-
-def _opt_int(value: object, name: str, shown: object) -> int | None:
-    return None if value is None else _int(value, name, shown, minimum=1)
-
-
-def _timeout(value: object, name: str, shown: object) -> float | None:
-    if value is None or value == "None":
-        return None
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if isinstance(value, bool) or not seconds > 0:
-        raise ConfigurationError(
-            f"hosts entry {shown}: {name} must be a positive number of seconds or None, "
-            f"not {value!r}"
-        )
-    return seconds
-
-
-def _opt_str(value: object, name: str, shown: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode()
-    raise ConfigurationError(f"hosts entry {shown}: {name} must be a string, not {value!r}")
-
-
-def _bool(value: object, name: str, shown: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "0", "false", "no"}:
-        return value.lower() in {"1", "true", "yes"}
-    raise ConfigurationError(f"hosts entry {shown}: {name} must be true or false, not {value!r}")
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, str):
-        return repr(_redact_url(value))
-    if isinstance(value, Mapping):
-        return str(_redact(dict(value)))
-    return repr(value)
-
-
-def _redact(entry: dict[str, Any]) -> dict[str, Any]:
-    shown: dict[str, Any] = {}
-    for key, value in entry.items():
-        if "password" in str(key):
-            shown[key] = "***"
-        elif key == "address" and isinstance(value, str):
-            shown[key] = _redact_url(value)
-        elif key == "sentinel_kwargs" and isinstance(value, Mapping):
-            shown[key] = _redact(dict(value))
-        else:
-            shown[key] = value
-    return shown
-
-
-def _redact_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    return url.replace(f":{password}@", ":***@", 1)

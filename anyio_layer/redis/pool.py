@@ -61,8 +61,9 @@ from ..exceptions import (
     ResponseError,
 )
 from .asyncio_pipeline import open_asyncio_pipeline, running_on_asyncio
+from .config import HostConfig, SentinelConfig, ServerConfig, TCPAddress
 from .connection import Connection, OpenStream, connect, raise_for_reply
-from .hosts import DEFAULT_HOST, HostConfig, SentinelConfig, ServerConfig, TCPAddress, parse_host
+from .hosts import DEFAULT_HOST, parse_host
 from .protocol import Arg, ErrorReply, encode_command, encode_commands
 from .scripts import Script
 

@@ -1,8 +1,9 @@
 """The shared pipelined connection as an :class:`asyncio.Protocol`: the asyncio fast path.
 
 Under asyncio, :class:`~anyio_layer.redis.pool.ConnectionPool` runs its shared
-pipelined connection on :class:`AsyncioPipeline` instead of ``_Pipeline`` (an
-anyio byte stream plus a reader task). Trio, and the dedicated connections of
+pipelined connection on :class:`AsyncioPipeline` instead of
+:class:`~anyio_layer.redis.pipeline.StreamPipeline` (an anyio byte stream plus
+a reader task). Trio, and the dedicated connections of
 blocking commands and subscribers, keep the anyio stream path. The two
 pipelines have the same interface (``request``, ``close``, ``closed``,
 ``pending``, ``connection``) and the same contract; this one just skips
@@ -24,7 +25,7 @@ How it works:
 * **Flow control**: between ``pause_writing()`` and ``resume_writing()`` the
   outbox only collects; it is written once the transport has drained.
 
-Contract (the same as ``_Pipeline``'s, see :mod:`anyio_layer.redis.pool`):
+Contract (the same as ``StreamPipeline``'s, see :mod:`anyio_layer.redis.pipeline`):
 
 * A cancelled caller stops waiting (its future is cancelled or abandoned).
   Its reply is still consumed when it arrives, and dropped, so later replies

@@ -1,15 +1,10 @@
 """The connection pool for one server: a shared pipelined connection plus dedicated ones.
 
 Non-blocking commands from any number of tasks share **one pipelined
-connection**. A caller appends its encoded command to an outbox and, if no
-write is in progress, writes the whole outbox itself; commands issued while a
-write is in progress are written together by that writer. A reader task
-(in the pool's task group) matches replies to callers in FIFO order. This is
-where the speed comes from: fifty concurrent senders cost a handful of
-syscalls, not fifty round trips. Under asyncio, the shared connection runs on
-an ``asyncio.Protocol`` instead (:mod:`anyio_layer.redis.asyncio_pipeline`: same
-interface and contract, without anyio's stream machinery and reader task);
-trio, and the dedicated connections below, use anyio streams.
+connection** (:mod:`anyio_layer.redis.pipeline`), opened on first use and
+reopened after it fails. Under trio its reader task runs in the pool's task
+group; under asyncio it is an ``asyncio.Protocol`` with no task
+(:mod:`anyio_layer.redis.asyncio_pipeline`, the fast path).
 
 Blocking commands (``BZPOPMIN``) and subscribers get **dedicated
 connections**, lent to one task at a time by :meth:`ConnectionPool.connection`.
@@ -35,8 +30,13 @@ after it may have reached the server, with one safe exception: ``EVALSHA``
 answered with ``NOSCRIPT`` did not run, so it is re-sent as ``EVAL``.
 
 With Sentinel, the primary's address is discovered with
-``SENTINEL get-master-addr-by-name``, checked with ``ROLE``, and rediscovered
-after a connection error or a ``READONLY`` reply.
+``SENTINEL get-master-addr-by-name`` (:mod:`anyio_layer.redis.sentinel`),
+checked with ``ROLE``, and rediscovered after a connection error or a
+``READONLY`` reply.
+
+The pool owns connections, not commands' meaning: it knows nothing of
+channels or messages, nor of cluster slots (the cluster client keeps one
+pool per node).
 """
 
 from __future__ import annotations
@@ -45,27 +45,22 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 from ..common.tasks import open_service_task_group
-from ..exceptions import (
-    LayerClosedError,
-    ProtocolError,
-    RedisConnectionError,
-    RedisError,
-    RedisTimeoutError,
-    ResponseError,
-)
+from ..exceptions import LayerClosedError, RedisConnectionError
 from .asyncio_pipeline import open_asyncio_pipeline, running_on_asyncio
-from .config import HostConfig, SentinelConfig, ServerConfig, TCPAddress
+from .config import HostConfig, SentinelConfig, ServerConfig
 from .connection import Connection, OpenStream, connect, raise_for_reply
 from .hosts import DEFAULT_HOST, parse_host
+from .pipeline import SharedPipeline, StreamPipeline
 from .protocol import Arg, ErrorReply, encode_command, encode_commands
 from .scripts import Script
+from .sentinel import discover_primary
+from .unblock import recover_blocked
 
 __all__ = ["MAX_BACKOFF", "ConnectionPool", "PoolStatistics", "open_pool"]
 
@@ -74,7 +69,6 @@ MAX_BACKOFF: Final = 2.0
 _MIN_BACKOFF: Final = 0.05
 #: How long cancellation cleanup of a blocking command may take.
 _UNBLOCK_TIMEOUT: Final = 2.0
-_UNBLOCK_RETRY: Final = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,124 +90,6 @@ class PoolStatistics:
     reconnects: int
 
 
-class _Request:
-    __slots__ = ("error", "event", "expected", "replies")
-
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.replies: list[object] = []
-        self.event = anyio.Event()
-        self.error: BaseException | None = None
-
-
-class _SharedPipeline(Protocol):
-    """What the pool needs of its shared connection: ``_Pipeline`` or ``AsyncioPipeline``."""
-
-    @property
-    def connection(self) -> Connection: ...
-    @property
-    def closed(self) -> bool: ...
-    @property
-    def pending(self) -> int: ...
-    async def request(
-        self, payload: bytes, expected: int, deadline: float | None
-    ) -> list[object]: ...
-    async def close(self, error: BaseException) -> None: ...
-
-
-class _Pipeline:
-    """The shared connection: FIFO matching of replies to concurrent requests."""
-
-    def __init__(self, connection: Connection, on_close: Callable[[_Pipeline], None]) -> None:
-        self.connection = connection
-        self._on_close = on_close
-        self._pending: deque[_Request] = deque()
-        self._outbox: list[bytes] = []
-        self._writing = False
-        self.closed = False
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    async def request(self, payload: bytes, expected: int, deadline: float | None) -> list[object]:
-        if self.closed:
-            raise RedisConnectionError(f"connection to {self.connection.server} is closed")
-        request = _Request(expected)
-        self._pending.append(request)
-        self._outbox.append(payload)
-        if not self._writing:
-            await self._flush()
-        try:
-            if deadline is None:
-                await request.event.wait()
-            else:
-                with anyio.fail_after(deadline):
-                    await request.event.wait()
-        except TimeoutError:
-            error = RedisTimeoutError(
-                f"Redis at {self.connection.server} did not answer within {deadline} seconds"
-            )
-            await self.close(error)
-            raise error from None
-        # A cancelled caller simply stops waiting: the reader still consumes
-        # its reply and sets an event nobody waits on, so replies stay matched.
-        if request.error is not None:
-            # A caller cancelled at the moment the connection closed gets its
-            # cancellation, not the closing error.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            raise request.error
-        return request.replies
-
-    async def _flush(self) -> None:
-        # Shielded: half a command on the wire would corrupt every later reply.
-        self._writing = True
-        try:
-            with anyio.CancelScope(shield=True):
-                outbox = self._outbox
-                while outbox:
-                    data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-                    outbox.clear()
-                    await self.connection.send(data)
-        except RedisConnectionError as exc:
-            await self.close(exc)
-        finally:
-            self._writing = False
-
-    async def read_loop(self) -> None:
-        """Match replies to requests until the connection fails or the pool closes."""
-        connection = self.connection
-        pending = self._pending
-        try:
-            while True:
-                data = await connection.receive_raw()
-                for reply in connection.feed_and_drain(data):
-                    if not pending:
-                        raise ProtocolError(f"unexpected reply from Redis: {reply!r:.100}")
-                    request = pending[0]
-                    request.replies.append(reply)
-                    if len(request.replies) == request.expected:
-                        pending.popleft()
-                        request.event.set()
-        except (RedisConnectionError, ProtocolError) as exc:
-            await self.close(exc)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.close(LayerClosedError("the connection pool was closed"))
-
-    async def close(self, error: BaseException) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._on_close(self)
-        while self._pending:
-            request = self._pending.popleft()
-            request.error = error
-            request.event.set()
-        self._outbox.clear()
-        await self.connection.aclose()
-
-
 class ConnectionPool:
     """Connections to one server (or one Sentinel-managed primary).
 
@@ -226,7 +102,7 @@ class ConnectionPool:
         self._task_group = task_group
         self._client_name = config.options.client_name
         self._resolved: ServerConfig | None = config if isinstance(config, ServerConfig) else None
-        self._pipeline: _SharedPipeline | None = None
+        self._pipeline: SharedPipeline | None = None
         self._pipeline_lock = anyio.Lock()
         self._idle: deque[Connection] = deque()
         self._open: set[Connection] = set()
@@ -297,14 +173,14 @@ class ConnectionPool:
 
         If the call is cancelled while the command is blocked, and
         ``on_cancelled_reply`` is given, the server is told to unblock the
-        connection (``CLIENT UNBLOCK``) and the reply is read anyway, so an
-        element that was popped at the last moment is not lost: it is passed
-        to (and awaited in) ``on_cancelled_reply`` (a nil reply is not),
-        still inside the shielded cleanup. The connection then
-        goes back to the pool in a known state. Without the callback, or if
-        that cleanup does not finish within a couple of seconds, the
-        connection is closed, which also frees the server-side blocked
-        client.
+        connection (``CLIENT UNBLOCK``, see :mod:`anyio_layer.redis.unblock`)
+        and the reply is read anyway, so an element that was popped at the
+        last moment is not lost: it is passed to (and awaited in)
+        ``on_cancelled_reply`` (a nil reply is not), still inside the shielded
+        cleanup. The connection then goes back to the pool in a known state.
+        Without the callback, or if that cleanup does not finish within a
+        couple of seconds, the connection is closed, which also frees the
+        server-side blocked client.
         """
         async with self.connection() as connection:
             await connection.send(encode_commands([*prelude, args]))
@@ -319,7 +195,7 @@ class ConnectionPool:
             except anyio.get_cancelled_exc_class():
                 if on_cancelled_reply is not None:
                     with anyio.move_on_after(_UNBLOCK_TIMEOUT, shield=True):
-                        await self._recover_blocked(connection, unread, on_cancelled_reply)
+                        await recover_blocked(connection, unread, on_cancelled_reply, self.execute)
                 raise
             connection.broken = False
             for prelude_reply in prelude_replies:
@@ -396,7 +272,7 @@ class ConnectionPool:
             await pipeline.close(RedisConnectionError("the primary was demoted to a replica"))
         return replies
 
-    async def _connect_pipeline(self) -> _SharedPipeline:
+    async def _connect_pipeline(self) -> SharedPipeline:
         self._check_open()
         async with self._pipeline_lock:
             pipeline = self._pipeline
@@ -408,14 +284,14 @@ class ConnectionPool:
                 self._pipeline = pipeline
                 return pipeline
             connection = await self._connect()
-            anyio_pipeline = _Pipeline(connection, self._pipeline_closed)
+            anyio_pipeline = StreamPipeline(connection, self._pipeline_closed)
             self._pipeline = anyio_pipeline
             self._task_group.start_soon(
                 anyio_pipeline.read_loop, name=f"redis reader {self.config}"
             )
             return anyio_pipeline
 
-    def _pipeline_closed(self, pipeline: _SharedPipeline) -> None:
+    def _pipeline_closed(self, pipeline: SharedPipeline) -> None:
         self._forget(pipeline.connection)
         if not self._closed:
             self._connection_lost()
@@ -491,63 +367,12 @@ class ConnectionPool:
         return connection
 
     async def _discover(self) -> ServerConfig:
-        """Ask the sentinels, in order, where the primary is."""
+        """Ask the sentinels where the primary is, and remember it."""
         config = self.config
         if not isinstance(config, SentinelConfig):
             raise RuntimeError("_discover() called for a non-Sentinel host")
-        errors = []
-        for address in config.sentinels:
-            sentinel = ServerConfig(address, config.sentinel_options)
-            try:
-                connection = await connect(sentinel)
-                try:
-                    reply = await connection.execute(
-                        "SENTINEL", "get-master-addr-by-name", config.master_name
-                    )
-                finally:
-                    await connection.aclose()
-            except (RedisConnectionError, ResponseError) as exc:
-                errors.append(f"{address}: {exc}")
-                continue
-            if isinstance(reply, list) and len(reply) == 2:
-                host, port = reply
-                if isinstance(host, bytes) and isinstance(port, bytes):
-                    self._resolved = ServerConfig(
-                        TCPAddress(host.decode(), int(port)), config.options
-                    )
-                    return self._resolved
-            errors.append(f"{address}: does not know a primary named {config.master_name!r}")
-        raise RedisConnectionError(
-            f"no sentinel could name the primary {config.master_name!r}: " + "; ".join(errors)
-        )
-
-    async def _recover_blocked(
-        self,
-        connection: Connection,
-        unread: int,
-        on_reply: Callable[[object], Awaitable[None]],
-    ) -> None:
-        """Unblock a dedicated connection after its caller went away, and account for its reply.
-
-        ``unread`` counts the replies not read yet, the blocking command's last.
-        """
-        try:
-            for _ in range(unread - 1):
-                await connection.read_reply()  # prelude replies come at once
-            while True:
-                if await self.execute("CLIENT", "UNBLOCK", connection.client_id):
-                    reply = await connection.read_reply()  # nil, or what it popped
-                    break
-                # Not blocked: it has answered already, or the server has not
-                # read the command yet (then unblock it again shortly).
-                with anyio.move_on_after(_UNBLOCK_RETRY):
-                    reply = await connection.read_reply()
-                    break
-        except (RedisError, LayerClosedError):
-            return  # the connection stays broken and is closed
-        connection.broken = False
-        if reply is not None and not isinstance(reply, ErrorReply):
-            await on_reply(reply)
+        self._resolved = await discover_primary(config)
+        return self._resolved
 
     async def aclose(self) -> None:
         """Close every connection; later calls raise ``LayerClosedError``.

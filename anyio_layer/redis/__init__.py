@@ -1,8 +1,20 @@
 """The Redis client the layers stand on.
 
-``protocol`` is the sans-IO RESP codec; ``connection`` opens one connection and
-runs its handshake; ``pool`` shares one pipelined connection (``asyncio_pipeline``
-is its asyncio fast path) and lends dedicated ones; ``hosts`` turns the ``hosts``
-option into frozen configurations; ``cluster`` speaks to a Redis Cluster.
+* ``protocol/``: the sans-IO RESP codec (``replies``, ``encoder``, the
+  ``python_parser`` and the optional ``hiredis_parser``; ``Parser`` picks one).
+* ``connection``: one connection (TCP, Unix, TLS) and its handshake.
+* ``pipeline``: the shared pipelined connection on an anyio stream, and the
+  interface the pool needs of it; ``asyncio_pipeline`` is its asyncio fast path.
+* ``pool``: one server's connections: the shared pipeline plus dedicated
+  connections lent to one task at a time, reconnection with back-off.
+* ``unblock``: recovering a dedicated connection whose blocking command's caller
+  was cancelled, without losing what it popped.
+* ``sentinel``: finding a Sentinel-managed primary.
+* ``config``: the frozen server descriptions; ``hosts`` parses the ``hosts``
+  option into them, with ``host_options`` (an entry's connection options) and
+  ``redaction`` (passwords kept out of messages).
+* ``scripts``: Lua scripts identified by SHA-1.
+* ``cluster/``: speaking to a Redis Cluster.
+
 Nothing here knows about channels, groups or messages.
 """

@@ -3,13 +3,13 @@
 Under asyncio, :class:`~anyio_layer.redis.pool.ConnectionPool` runs its shared
 pipelined connection on :class:`AsyncioPipeline` instead of
 :class:`~anyio_layer.redis.pipeline.StreamPipeline` (an anyio byte stream plus
-a reader task). Trio, and the dedicated connections of
-blocking commands and subscribers, keep the anyio stream path. The two
-pipelines have the same interface (``request``, ``close``, ``closed``,
-``pending``, ``connection``) and the same contract; this one just skips
-anyio's stream machinery, which dominates the per-command cost under asyncio
-(a shielded cancel scope per write, an extra checkpoint per send, two
-``epoll_ctl`` calls per read, a hop through the reader task).
+a reader task). Trio, and the dedicated connections of blocking commands and
+subscribers, keep the anyio stream path. The two pipelines have the same
+interface (:class:`~anyio_layer.redis.pipeline.SharedPipeline`) and the same
+contract; this one just skips anyio's stream machinery, which dominates the
+per-command cost under asyncio (a shielded cancel scope per write, an extra
+checkpoint per send, two ``epoll_ctl`` calls per read, a hop through the
+reader task). Tested in ``tests/test_asyncio_pipeline.py``.
 
 How it works:
 

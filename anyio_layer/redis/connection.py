@@ -6,7 +6,7 @@ CLIENT SETNAME, CLIENT ID in one round trip), how to write bytes and how to
 read whole replies. It does not know who is waiting for which reply: that is
 the job of :mod:`anyio_layer.redis.pool`, which either lends a connection to one
 task at a time (blocking commands, subscribers) or multiplexes many tasks over
-one pipelined connection.
+one pipelined connection (:mod:`anyio_layer.redis.pipeline`).
 
 Cancellation contract: a connection whose request was interrupted (a write
 that did not finish, or a reply that was not read) is in an unknown state.

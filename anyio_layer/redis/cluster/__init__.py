@@ -29,6 +29,7 @@ Other packages import from here, not from the modules, which are:
 """
 
 from ...exceptions import (
+    ClusterClientError,
     ClusterUnavailableError,
     CrossSlotError,
     TooManyRedirectionsError,
@@ -39,6 +40,7 @@ from .slots import CLUSTER_SLOTS, key_slot, slot_for_keys
 __all__ = [
     "CLUSTER_SLOTS",
     "ClusterClient",
+    "ClusterClientError",
     "ClusterStatistics",
     "ClusterUnavailableError",
     "CrossSlotError",

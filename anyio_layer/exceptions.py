@@ -17,13 +17,26 @@ Redis failures are split by what the caller can do about them:
   its first word (``"WRONGTYPE"``, ``"NOSCRIPT"``, ``"READONLY"``, ...).
 * :class:`AuthenticationError`: the server refused our credentials.
 
-On a Redis Cluster, also:
+Of these, only :class:`ResponseError` (and its :class:`AuthenticationError`)
+is something the server *reported*: its own error reply, passed on as it
+came. The others are what the client *observed* about the connection.
 
+On a Redis Cluster the client also *decides* things on its own, and says so
+with a :class:`ClusterClientError`:
+
+* :class:`CrossSlotError`: the keys of one script do not share a slot; refused
+  before anything is sent (also a ``ValueError``: it is a bad argument).
 * :class:`ClusterUnavailableError`: the cluster kept answering that it cannot
-  serve the command right now (during a failover, say); the command did not run.
+  serve the command right now (``CLUSTERDOWN`` during a failover, say) until
+  the client stopped retrying; the command did not run.
 * :class:`TooManyRedirectionsError`: the cluster moved a slot more often than
-  the client could follow.
-* :class:`CrossSlotError`: the keys of one script do not share a slot.
+  the client would follow.
+
+The last two are give-ups that follow server replies, and they remain
+:class:`ResponseError` subclasses too, with ``code`` set to the last reply's:
+``except ResponseError`` catches them as it always has. Catch
+:class:`ClusterClientError` (or the class itself) to tell the client's
+decision from an error reply Redis sent for the command.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ __all__ = [
     "ChannelClosedError",
     "ChannelFull",
     "ChannelLayerError",
+    "ClusterClientError",
     "ClusterUnavailableError",
     "ConfigurationError",
     "CrossSlotError",
@@ -139,7 +153,20 @@ class MessageDecodeError(ChannelLayerError, ValueError):
     """A message read from Redis could not be decrypted or deserialized."""
 
 
-class CrossSlotError(ChannelLayerError, ValueError):
+# -- Redis Cluster: the client's own decisions ---------------------------------
+
+
+class ClusterClientError(ChannelLayerError):
+    """The cluster client refused a command or gave up on it: its decision, not a server reply.
+
+    The base of :class:`CrossSlotError`, :class:`TooManyRedirectionsError` and
+    :class:`ClusterUnavailableError`. Not a :class:`RedisError` itself (a
+    cross-slot script never reaches Redis); the two give-ups are also
+    :class:`ResponseError` subclasses, see the module docstring.
+    """
+
+
+class CrossSlotError(ClusterClientError, ValueError):
     """The keys of one script or one pipeline do not all hash to the same slot.
 
     Redis Cluster only runs a multi-key command when all its keys live in one
@@ -149,7 +176,7 @@ class CrossSlotError(ChannelLayerError, ValueError):
     """
 
 
-class TooManyRedirectionsError(ResponseError):
+class TooManyRedirectionsError(ClusterClientError, ResponseError):
     """A command was redirected (``MOVED``/``ASK``) more than ``max_redirections`` times.
 
     The cluster is reconfiguring faster than the client can follow, or its
@@ -158,7 +185,7 @@ class TooManyRedirectionsError(ResponseError):
     """
 
 
-class ClusterUnavailableError(ResponseError):
+class ClusterUnavailableError(ClusterClientError, ResponseError):
     """The cluster kept answering ``CLUSTERDOWN``, ``TRYAGAIN`` or ``LOADING``.
 
     Raised after retrying for ``retry_timeout`` seconds; ``code`` is the last

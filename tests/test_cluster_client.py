@@ -24,7 +24,7 @@ from anyio_layer.exceptions import (
     RedisConnectionError,
     ResponseError,
 )
-from anyio_layer.redis.cluster.client import (
+from anyio_layer.redis.cluster import (
     ClusterClient,
     ClusterUnavailableError,
     CrossSlotError,

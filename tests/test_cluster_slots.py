@@ -10,17 +10,17 @@ from __future__ import annotations
 import pytest
 
 from anyio_layer.exceptions import ConfigurationError, ProtocolError, RedisConnectionError
-from anyio_layer.redis.cluster.client import (
+from anyio_layer.redis.cluster import (
     CLUSTER_SLOTS,
     CrossSlotError,
-    _parse_redirection,
-    _parse_shards,
-    _parse_slots,
-    _ShardInfo,
     key_slot,
     open_cluster,
     slot_for_keys,
 )
+from anyio_layer.redis.cluster.topology import ShardInfo as _ShardInfo
+from anyio_layer.redis.cluster.topology import parse_redirection as _parse_redirection
+from anyio_layer.redis.cluster.topology import parse_shards as _parse_shards
+from anyio_layer.redis.cluster.topology import parse_slots as _parse_slots
 from anyio_layer.redis.hosts import ConnectionOptions, TCPAddress
 
 ASKED = TCPAddress("10.0.0.9", 7000)

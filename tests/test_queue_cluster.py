@@ -19,7 +19,7 @@ import pytest
 
 from anyio_layer.exceptions import ConfigurationError, RedisError
 from anyio_layer.queue.layer import QueueLayer, open_redis_layer
-from anyio_layer.redis.cluster.client import key_slot
+from anyio_layer.redis.cluster import key_slot
 from anyio_layer.redis.pool import ConnectionPool
 from anyio_layer.testing import find_all_redis_servers, redis_server_version
 from anyio_layer.testing.cluster import RedisCluster, run_redis_cluster

@@ -107,7 +107,7 @@ from ..exceptions import (
 )
 from ..messages.names import validate_channel_name, validate_group_name
 from ..messages.serializers import MessageSerializer, registry
-from ..redis.cluster.client import ClusterClient, open_cluster
+from ..redis.cluster import ClusterClient, open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import ConnectionPool, open_pool
 from .subscriptions import ClusterSubscriptions, ShardedSubscriptions, Subscriber, Subscriptions

@@ -41,7 +41,7 @@ from ..exceptions import (
     RedisTimeoutError,
     ResponseError,
 )
-from ..redis.cluster.client import ClusterClient, key_slot
+from ..redis.cluster import ClusterClient, key_slot
 from ..redis.connection import Connection
 from ..redis.hosts import TCPAddress
 from ..redis.pool import MAX_BACKOFF, ConnectionPool

@@ -110,7 +110,7 @@ from ..messages.names import (
     validate_group_name,
 )
 from ..messages.serializers import MessageSerializer, registry
-from ..redis.cluster.client import open_cluster
+from ..redis.cluster import open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import open_pool
 from ..redis.scripts import Script

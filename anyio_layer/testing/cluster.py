@@ -75,18 +75,11 @@ from urllib.parse import quote
 import anyio
 import anyio.to_thread
 
-from . import (
-    RedisReplyError,
-    RedisServer,
-    RedisServerError,
-    TLSFiles,
-    _apoll,
-    _managed,
-    _poll,
-    find_redis_server,
-    generate_tls_files,
-    redis_server_version,
-)
+from .binaries import find_redis_server, redis_server_version
+from .errors import RedisReplyError, RedisServerError
+from .lifecycle import apoll, managed, poll
+from .server import RedisServer
+from .tls import TLSFiles, generate_tls_files
 
 __all__ = [
     "CLUSTER_SLOTS",
@@ -451,7 +444,7 @@ class RedisCluster:
                     return None
             return True
 
-        _poll(everyone_met, max(deadline - time.monotonic(), 0.1), "the nodes to meet")
+        poll(everyone_met, max(deadline - time.monotonic(), 0.1), "the nodes to meet")
         for index, replica in enumerate(nodes[primaries:]):
             primary = nodes[index % primaries]
             replica.execute("CLUSTER", "REPLICATE", self.node_id(primary))
@@ -657,7 +650,7 @@ class RedisCluster:
             TimeoutError: not stable in time.
         """
         self._check_open()
-        _poll(
+        poll(
             functools.partial(self._stable_view, replicas_synced),
             timeout,
             "the cluster to become stable",
@@ -691,7 +684,7 @@ class RedisCluster:
             ValueError: ``old_primary`` served no slots.
         """
         check = self._failover_check(old_primary)
-        return _poll(check, timeout, f"a failover away from {old_primary!r}")
+        return poll(check, timeout, f"a failover away from {old_primary!r}")
 
     def _failover_check(self, old_primary: RedisServer) -> Callable[[], RedisServer | None]:
         old_id = self.node_id(old_primary)
@@ -856,12 +849,12 @@ class RedisCluster:
     async def await_for_failover(self, old_primary: RedisServer) -> RedisServer:
         """Async :meth:`wait_for_failover`, without a time limit: use :func:`anyio.fail_after`."""
         check = await anyio.to_thread.run_sync(self._failover_check, old_primary)
-        return await _apoll(check)
+        return await apoll(check)
 
     async def await_until_stable(self, *, replicas_synced: bool = False) -> None:
         """Async :meth:`wait_until_stable`, without a time limit: use :func:`anyio.fail_after`."""
         self._check_open()
-        await _apoll(functools.partial(self._stable_view, replicas_synced))
+        await apoll(functools.partial(self._stable_view, replicas_synced))
 
     async def arestart_node(self, node: RedisServer) -> None:
         """Async :meth:`restart_node`, without a time limit: use :func:`anyio.fail_after`."""
@@ -940,5 +933,5 @@ async def run_redis_cluster(
         extra_args=extra_args,
         startup_timeout=startup_timeout,
     )
-    async with _managed(launch) as cluster:
+    async with managed(launch) as cluster:
         yield cluster

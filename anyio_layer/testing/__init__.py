@@ -62,8 +62,9 @@ its handle is garbage-collected or the interpreter exits (a
 The package has one module per thing it does: :mod:`.binaries` (finding
 ``redis-server``), :mod:`.tls` (certificates), :mod:`.client` (the admin client),
 :mod:`.process` (a process's lifetime), :mod:`.server`, :mod:`.sentinel`,
-:mod:`.cluster` and :mod:`.pytest_plugin`; :mod:`.errors`, :mod:`.config` and
-:mod:`.lifecycle` hold what they share. This module only
+:mod:`.cluster` (with :mod:`.cluster_view`, :mod:`.cluster_operations` and
+:mod:`.cluster_nodes`) and :mod:`.pytest_plugin`; :mod:`.errors`, :mod:`.config`
+and :mod:`.lifecycle` hold what they share. This module only
 re-exports their public names.
 """
 

@@ -1,6 +1,7 @@
 """The tiny blocking admin client the toolkit talks to its own servers with.
 
-Owns the RESP2 encoding of commands and decoding of replies for it, connecting
+Owns sending commands and reading RESP2 replies for it with the project's own
+sans-IO codec (:mod:`anyio_layer.redis.protocol`), connecting
 to a process (TCP, unix socket or TLS with the client certificate),
 authenticating and running one command per connection. It is not the
 project's client and must stay off the layers' paths; it starts no process.
@@ -14,64 +15,97 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from ..exceptions import ProtocolError
+from ..redis.protocol import NEED_DATA, ErrorReply, Parser
+from ..redis.protocol import encode_command as encode_resp_command
 from .errors import RedisReplyError, RESPProtocolError
 from .tls import TLSFiles
 
-__all__ = ["Arg", "Endpoint", "connect", "encode_command", "read_reply", "run_command"]
+__all__ = [
+    "Arg",
+    "Endpoint",
+    "ReplyReader",
+    "connect",
+    "encode_command",
+    "read_reply",
+    "run_command",
+]
 
 Arg = str | bytes | bytearray | memoryview | int | float
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+    """The RESP encoding of one command, by the project's codec.
+
+    Arguments are checked first so that a wrong one raises this client's
+    :class:`TypeError` messages (``bool`` is refused, as by the codec).
+    """
     for arg in args:
         if isinstance(arg, bool):
             raise TypeError("booleans are not valid Redis arguments; pass a string or an int")
-        if isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, (bytes, bytearray, memoryview)):
-            data = bytes(arg)
-        elif isinstance(arg, int):
-            data = str(arg).encode()
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
+        if not isinstance(arg, (str, bytes, bytearray, memoryview, int, float)):
             raise TypeError(f"cannot send {type(arg).__name__} to Redis: use str, bytes or numbers")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    return encode_resp_command(args)
+
+
+class ReplyReader:
+    """Reads RESP2 replies from a blocking binary stream with the project's :class:`Parser`.
+
+    One reader per connection: bytes read past one reply stay in its parser
+    for the next :meth:`read`.
+    """
+
+    __slots__ = ("_parser", "_stream")
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._parser = Parser()
+
+    def read(self, decode: bool) -> object:
+        """Read one reply; error replies come back as :class:`RedisReplyError` objects.
+
+        Strings are ``bytes``, or ``str`` with ``decode`` (UTF-8,
+        ``surrogateescape``). Raises :class:`ConnectionError` if the stream ends
+        first and :class:`RESPProtocolError` if it holds no valid RESP2 reply.
+        """
+        parser = self._parser
+        started = False
+        while True:
+            try:
+                reply = parser.get_reply()
+            except ProtocolError as exc:
+                raise RESPProtocolError(f"invalid RESP2 reply: {exc}") from None
+            if reply is not NEED_DATA:
+                return _convert(reply, decode)
+            # Each line ends with the LF of a CRLF, so this never waits for more
+            # than the reply being read.
+            line = self._stream.readline()
+            if not line:
+                raise ConnectionError(
+                    "the server closed the connection inside a reply"
+                    if started
+                    else "the server closed the connection"
+                )
+            started = True
+            parser.feed(line)
 
 
 def read_reply(reader: BinaryIO, decode: bool) -> object:
-    """Read one RESP2 reply; error replies come back as :class:`RedisReplyError` objects."""
-    line = reader.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError(
-            "the server closed the connection" if not line else f"truncated reply {line!r}"
-        )
-    kind, body = line[:1], line[1:-2]
-    if kind == b"+":
-        return body.decode("utf-8", "surrogateescape") if decode else bytes(body)
-    if kind == b"-":
-        return RedisReplyError(body.decode("utf-8", "replace"))
-    try:
-        number = int(body)
-    except ValueError:
-        raise RESPProtocolError(f"invalid RESP2 reply line {line!r}") from None
-    if kind == b":":
-        return number
-    if kind == b"$":
-        if number < 0:
-            return None
-        data = reader.read(number + 2)
-        if len(data) != number + 2 or not data.endswith(b"\r\n"):
-            raise ConnectionError("the server closed the connection inside a bulk reply")
-        payload = data[:-2]
-        return payload.decode("utf-8", "surrogateescape") if decode else payload
-    if kind == b"*":
-        if number < 0:
-            return None
-        return [read_reply(reader, decode) for _ in range(number)]
-    raise RESPProtocolError(f"unknown RESP2 reply type in {line!r}")
+    """Read one RESP2 reply from ``reader``; see :meth:`ReplyReader.read`."""
+    return ReplyReader(reader).read(decode)
+
+
+def _convert(value: object, decode: bool) -> object:
+    """The codec's value as this client returns it (str with ``decode``, error objects)."""
+    if type(value) is bytes:
+        return value.decode("utf-8", "surrogateescape") if decode else value
+    if value is None or type(value) is int:
+        return value
+    if type(value) is list:
+        return [_convert(item, decode) for item in value]
+    if isinstance(value, ErrorReply):
+        return RedisReplyError(value.message)
+    raise RESPProtocolError(f"invalid RESP2 reply: a RESP3 value {value!r}")
 
 
 class Endpoint(Protocol):
@@ -119,13 +153,14 @@ def run_command(endpoint: Endpoint, args: Sequence[Arg], *, decode: bool, timeou
         if endpoint.username is not None:
             auth.insert(1, endpoint.username)
         payload = encode_command(auth) + payload
-    with connect(endpoint, timeout) as sock, sock.makefile("rb") as reader:
+    with connect(endpoint, timeout) as sock, sock.makefile("rb") as stream:
         sock.sendall(payload)
+        replies = ReplyReader(stream)
         if endpoint.password is not None:
-            auth_reply = read_reply(reader, decode=True)
+            auth_reply = replies.read(decode=True)
             if isinstance(auth_reply, RedisReplyError):
                 raise auth_reply
-        reply = read_reply(reader, decode)
+        reply = replies.read(decode)
     if isinstance(reply, RedisReplyError):
         raise reply
     return reply

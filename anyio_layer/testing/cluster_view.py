@@ -280,6 +280,8 @@ class ClusterView:
         self._check_open()
         await apoll(functools.partial(self._stable_view, replicas_synced))
 
+    # -- lifecycle ------------------------------------------------------------------
+
     def close(self) -> None:
         """Stop every node and delete its directory (and the certificates). Idempotent."""
         self._closed = True

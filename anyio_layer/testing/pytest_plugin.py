@@ -31,14 +31,12 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from anyio_layer.testing import (
-    RedisProcess,
-    RedisReplyError,
-    RedisServer,
-    SentinelServer,
-    _close_all,
-)
-from anyio_layer.testing.cluster import RedisCluster
+from .cluster import RedisCluster
+from .errors import RedisReplyError
+from .lifecycle import close_all
+from .process import RedisProcess
+from .sentinel import SentinelServer
+from .server import RedisServer
 
 __all__ = [
     "RedisServerFactory",
@@ -113,7 +111,7 @@ class RedisServerFactory:
     def close(self) -> None:
         """Close every process started so far, newest first (Sentinels before their servers)."""
         processes, self._processes = self._processes, []
-        _close_all(processes)
+        close_all(processes)
 
 
 def _flush(server: RedisServer) -> None:

@@ -38,7 +38,7 @@ import logging
 from typing import Any
 
 from anyio_layer.exceptions import ConfigurationError
-from anyio_layer.messages.serializers import registry
+from anyio_layer.messages import registry
 from anyio_layer.pubsub.layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
     PubSubLayer,

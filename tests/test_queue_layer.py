@@ -19,7 +19,7 @@ from anyio_layer.exceptions import (
     MessageTooLarge,
     RedisConnectionError,
 )
-from anyio_layer.messages.serializers import SerializerDoesNotExist
+from anyio_layer.messages import SerializerDoesNotExist
 from anyio_layer.queue.layer import QueueLayer, open_redis_layer
 from anyio_layer.testing import RedisServer, find_all_redis_servers
 

@@ -105,8 +105,7 @@ from ..exceptions import (
     RedisConnectionError,
     ResponseError,
 )
-from ..messages.names import validate_channel_name, validate_group_name
-from ..messages.serializers import MessageSerializer, registry
+from ..messages import MessageSerializer, registry, validate_channel_name, validate_group_name
 from ..redis.cluster.client import ClusterClient, open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import ConnectionPool, open_pool

@@ -101,15 +101,16 @@ from ..exceptions import (
     ResponseError,
     TooManyRedirectionsError,
 )
-from ..messages.names import (
+from ..messages import (
+    MessageSerializer,
     is_process_local,
     new_channel_name,
     non_local_name,
     random_client_prefix,
+    registry,
     validate_channel_name,
     validate_group_name,
 )
-from ..messages.serializers import MessageSerializer, registry
 from ..redis.cluster.client import open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import open_pool

@@ -26,7 +26,9 @@ Redis in either direction)::
   ``json.dumps(message).encode("utf-8")`` for ``"json"`` (``json``'s default
   options; decoded with ``json.loads``).
 * The random prefix only makes equal messages distinct members of the Redis
-  sorted set that holds a channel; it is stripped unread on the way back.
+  sorted set that holds a channel; it is stripped unread on the way back. As
+  in channels_redis, a ``random_prefix_length`` of 0 or less (``-1`` is
+  common in settings) means no prefix.
 * Encryption (see :mod:`anyio_layer.messages.encryption`) derives each Fernet key as
   urlsafe-base64(SHA-256(key)); the first key encrypts, all keys decrypt, and
   tokens older than ``expiry + 10`` seconds are rejected (no limit when
@@ -104,9 +106,11 @@ class BaseMessageSerializer(abc.ABC):
     :meth:`deserialize`.
 
     ``symmetric_encryption_keys``: None (no encryption) or a non-empty list of
-    ``str``/``bytes`` keys; ``random_prefix_length``: bytes of random prefix
-    (``>= 0``); ``expiry``: seconds a message may wait in Redis (None: no
-    limit); encrypted messages older than ``expiry + 10`` are rejected.
+    ``str``/``bytes`` keys; ``random_prefix_length``: bytes of random prefix,
+    an int, where 0 or less (channels_redis settings often say ``-1``) means
+    no prefix and is stored as 0; ``expiry``: seconds a message may wait in
+    Redis (None: no limit); encrypted messages older than ``expiry + 10`` are
+    rejected.
     """
 
     #: Name of the format, for error messages.
@@ -121,14 +125,10 @@ class BaseMessageSerializer(abc.ABC):
         random_prefix_length: int = 0,
         expiry: float | None = None,
     ) -> None:
-        if (
-            isinstance(random_prefix_length, bool)
-            or not isinstance(random_prefix_length, int)
-            or random_prefix_length < 0
-        ):
+        if isinstance(random_prefix_length, bool) or not isinstance(random_prefix_length, int):
             raise ConfigurationError(
-                "random_prefix_length must be an int >= 0 (number of random bytes "
-                f"prepended to each message), not {random_prefix_length!r}."
+                "random_prefix_length must be an int (number of random bytes prepended "
+                f"to each message; 0 or less for none), not {random_prefix_length!r}."
             )
         if expiry is not None and (
             isinstance(expiry, bool)
@@ -139,7 +139,8 @@ class BaseMessageSerializer(abc.ABC):
             raise ConfigurationError(
                 f"expiry must be None or a finite number of seconds >= 0, not {expiry!r}."
             )
-        self.random_prefix_length = random_prefix_length
+        # channels_redis adds a prefix only when the length is > 0: -1 means none too.
+        self.random_prefix_length = max(random_prefix_length, 0)
         self.expiry = expiry
         self.crypter = (
             None if symmetric_encryption_keys is None else make_crypter(symmetric_encryption_keys)

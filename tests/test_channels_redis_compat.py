@@ -10,7 +10,8 @@ group's members in ``prefix + ":group:" + group`` scored with the time they
 were added, and every key has a TTL.
 
 Settings written for channels_redis keep working: ``random_prefix_length``
-of 0 or -1 means no prefix, in the core layer and in the Channels adapter.
+of 0 or -1 means no prefix, in the core layer and in the Channels adapter;
+and a message that is not a dict is refused by both libraries.
 
 channels_redis is asyncio-only, so these tests run on asyncio only.
 """
@@ -28,6 +29,7 @@ import msgpack
 import pytest
 from channels_redis.core import RedisChannelLayer
 
+from anyio_layer.exceptions import InvalidMessage
 from anyio_layer.messages.names import non_local_name
 from anyio_layer.queue.layer import QueueLayer, open_redis_layer
 from anyio_layer.testing import RedisServer
@@ -361,3 +363,27 @@ async def test_random_prefix_length_of_zero_or_less_means_no_prefix(
     finally:
         await adapter.close()
     assert_nothing_left(redis_server, config)
+
+
+async def test_queue_layer_refuses_non_dict_messages_as_channels_redis_does(
+    redis_url: str,
+) -> None:
+    """channels_redis.core asserts that a message is a dict; here it is InvalidMessage.
+
+    ``InvalidMessage`` is a ``TypeError``, and the core layer and the adapter
+    raise it for ``send()`` and ``group_send()`` alike.
+    """
+    async with both_layers(redis_url, {}) as (ours, theirs):
+        with pytest.raises(AssertionError, match="message is not a dict"):
+            await theirs.send("strict-queue", "message.1")
+        with pytest.raises(InvalidMessage, match="must be a dict, not str"):
+            await ours.send("strict-queue", "message.1")  # type: ignore[arg-type]
+        with pytest.raises(InvalidMessage, match="must be a dict, not list"):
+            await ours.group_send("strict-group", ["message.1"])  # type: ignore[arg-type]
+    adapter = AdapterChannelLayer(hosts=[redis_url])
+    try:
+        with pytest.raises(InvalidMessage) as info:
+            await adapter.send("strict-queue", "message.1")  # type: ignore[arg-type]
+        assert isinstance(info.value, TypeError)
+    finally:
+        await adapter.close()

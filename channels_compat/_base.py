@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from channels.layers import BaseChannelLayer
 
 from anyio_layer.common.sharding import consistent_hash
-from anyio_layer.messages.serializers import MessageSerializer
+from anyio_layer.messages import MessageSerializer
 
 from ._errors import channels_errors
 from ._runtime import LoopRuntime

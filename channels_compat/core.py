@@ -21,8 +21,7 @@ import itertools
 from typing import Any
 
 from anyio_layer.common.options import CapacityRules
-from anyio_layer.messages.names import random_client_prefix
-from anyio_layer.messages.serializers import registry
+from anyio_layer.messages import random_client_prefix, registry
 from anyio_layer.queue.keyspace import check_cluster_prefix
 from anyio_layer.queue.layer import (
     DEFAULT_MAX_MESSAGE_SIZE,

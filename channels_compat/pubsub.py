@@ -30,6 +30,13 @@ Differences that matter, all in the user's favour:
   layer cannot use: messages go through sharded pub/sub, and a slot that moves
   (resharding, failover) is resubscribed on its new owner, announced with
   ``on_disconnect`` / ``on_reconnect`` (see :mod:`anyio_layer.pubsub.layer`).
+
+As in channels_redis's pub/sub layer, a message may be any value the
+serializer can encode, not only a dict (``send(channel, "message.1")``
+works, and is received as ``"message.1"``): this adapter opens the core
+layer with ``dict_messages_only=False``. Values the serializer cannot encode
+raise :class:`~anyio_layer.exceptions.InvalidMessage` (a ``TypeError``, as
+channels_redis's msgpack error is).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import logging
 from typing import Any
 
 from anyio_layer.exceptions import ConfigurationError
-from anyio_layer.messages.serializers import registry
+from anyio_layer.messages import registry
 from anyio_layer.pubsub.layer import (
     DEFAULT_MAX_MESSAGE_SIZE,
     PubSubLayer,
@@ -108,6 +115,8 @@ class RedisPubSubChannelLayer(CoreLayerAdapter[PubSubLayer]):
             "capacity": capacity,
             "max_message_size": max_message_size,
             "idle_channel_timeout": channel_close_delay,
+            # channels_redis.pubsub sends any value its serializer encodes, not only dicts.
+            "dict_messages_only": False,
         }
         self._runtime: LoopRuntime[PubSubLayer] = LoopRuntime(lambda: open_pubsub_layer(**options))
 

@@ -7,7 +7,7 @@ the same registry the core uses.
 
 from __future__ import annotations
 
-from anyio_layer.messages.serializers import (
+from anyio_layer.messages import (
     BaseMessageSerializer,
     JSONSerializer,
     MissingSerializer,

@@ -9,6 +9,10 @@ set ``prefix + non_local_name(channel)`` scored with send timestamps, a
 group's members in ``prefix + ":group:" + group`` scored with the time they
 were added, and every key has a TTL.
 
+Settings written for channels_redis keep working: ``random_prefix_length``
+of 0 or -1 means no prefix, in the core layer and in the Channels adapter;
+and a message that is not a dict is refused by both libraries.
+
 channels_redis is asyncio-only, so these tests run on asyncio only.
 """
 
@@ -25,9 +29,11 @@ import msgpack
 import pytest
 from channels_redis.core import RedisChannelLayer
 
+from anyio_layer.exceptions import InvalidMessage
 from anyio_layer.messages.names import non_local_name
 from anyio_layer.queue.layer import QueueLayer, open_redis_layer
 from anyio_layer.testing import RedisServer
+from channels_compat.core import RedisChannelLayer as AdapterChannelLayer
 
 pytestmark = pytest.mark.anyio
 
@@ -325,3 +331,59 @@ async def test_key_layout_of_both_libraries_is_identical(
         assert await receive(theirs.receive, their_channel) == MESSAGE
         await theirs.wait_received()
         assert_nothing_left(redis_server, {})
+
+
+@pytest.mark.parametrize("length", [0, -1])
+async def test_random_prefix_length_of_zero_or_less_means_no_prefix(
+    redis_url: str, redis_server: RedisServer, length: int
+) -> None:
+    """channels_redis adds a random prefix only if ``random_prefix_length > 0``; so do we.
+
+    Settings with ``-1`` (or 0) work with the core layer and with the Channels
+    adapter, and every stored member is the bare payload, as channels_redis
+    stores it.
+    """
+    config = {"random_prefix_length": length}
+    second = {**MESSAGE, "n": 2}
+    async with both_layers(redis_url, config) as (ours, theirs):
+        await ours.send("bare-queue", MESSAGE)
+        await theirs.send("bare-queue", second)
+        members = [member for member, _ in zrange_with_scores(redis_server, b"asgibare-queue")]
+        assert members == [msgpack.packb(MESSAGE), msgpack.packb(second)]
+        assert await receive(theirs.receive, "bare-queue") == MESSAGE
+        assert await receive(ours.receive, "bare-queue") == second
+        await theirs.wait_received()
+    adapter = AdapterChannelLayer(hosts=[redis_url], **config)
+    try:
+        assert adapter.serialize(MESSAGE) == msgpack.packb(MESSAGE)
+        await adapter.send("bare-adapter", MESSAGE)
+        [(member, _)] = zrange_with_scores(redis_server, b"asgibare-adapter")
+        assert member == msgpack.packb(MESSAGE)
+        assert await receive(adapter.receive, "bare-adapter") == MESSAGE
+    finally:
+        await adapter.close()
+    assert_nothing_left(redis_server, config)
+
+
+async def test_queue_layer_refuses_non_dict_messages_as_channels_redis_does(
+    redis_url: str,
+) -> None:
+    """channels_redis.core asserts that a message is a dict; here it is InvalidMessage.
+
+    ``InvalidMessage`` is a ``TypeError``, and the core layer and the adapter
+    raise it for ``send()`` and ``group_send()`` alike.
+    """
+    async with both_layers(redis_url, {}) as (ours, theirs):
+        with pytest.raises(AssertionError, match="message is not a dict"):
+            await theirs.send("strict-queue", "message.1")
+        with pytest.raises(InvalidMessage, match="must be a dict, not str"):
+            await ours.send("strict-queue", "message.1")  # type: ignore[arg-type]
+        with pytest.raises(InvalidMessage, match="must be a dict, not list"):
+            await ours.group_send("strict-group", ["message.1"])  # type: ignore[arg-type]
+    adapter = AdapterChannelLayer(hosts=[redis_url])
+    try:
+        with pytest.raises(InvalidMessage) as info:
+            await adapter.send("strict-queue", "message.1")  # type: ignore[arg-type]
+        assert isinstance(info.value, TypeError)
+    finally:
+        await adapter.close()

@@ -20,6 +20,10 @@ before the server has confirmed the subscription, so the tests wait for
 ``PUBSUB NUMSUB`` before publishing to one of its channels. Cancelling its
 ``receive()`` unsubscribes the channel, so its receives are never cancelled
 here (a ``fail_after`` only turns a lost message into a failure).
+
+channels_redis's pub/sub layer sends any value its serializer can encode, not
+only dicts; the Channels adapter does the same, while the core layer keeps
+the Channels rule (dicts only).
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ import anyio
 import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
+from anyio_layer.exceptions import InvalidMessage
 from anyio_layer.pubsub.layer import PubSubLayer, open_pubsub_layer
 from anyio_layer.testing import RedisServer
+from channels_compat.pubsub import RedisPubSubChannelLayer as AdapterPubSubLayer
 
 pytestmark = pytest.mark.anyio
 
@@ -346,4 +352,71 @@ async def test_encryption_is_applied_and_keys_rotate(
         await their.send(rotated_channel, message)
         assert await our_receive(rotated, rotated_channel) == message
         assert rotated.statistics().decode_errors == 0
+    await assert_server_clean(redis_server)
+
+
+#: Messages channels_redis's pub/sub layer sends besides dicts (its own tests send "message.1").
+NON_DICTS: list[Any] = ["message.1", ["a", 1, 2.5, None], 42, None]
+
+
+async def test_adapter_sends_and_receives_non_dict_messages_like_channels_redis(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """Any msgpack-encodable value goes both ways, to channels and to groups."""
+    adapter = AdapterPubSubLayer(hosts=[f"{redis_url}?client_name={OUR_NAME}"])
+    try:
+        async with their_layer(redis_url) as their:
+            our_channel = await adapter.new_channel()
+            our_other = await adapter.new_channel()
+            their_channel = await their.new_channel()
+            await wait_numsub(redis_server, their_channel, 1)
+            for channel in (our_channel, our_other):
+                await adapter.group_add("mixed", channel)
+            await their.group_add("mixed", their_channel)
+            await wait_numsub(redis_server, "asgi__group__mixed", 2)
+            for value in NON_DICTS:
+                await their.send(our_channel, value)
+                with anyio.fail_after(5):
+                    assert await adapter.receive(our_channel) == value
+                await adapter.send(their_channel, value)
+                assert await their_receive(their, their_channel) == value
+                await adapter.group_send("mixed", value)
+                with anyio.fail_after(5):
+                    first = await adapter.receive(our_channel)
+                    second = await adapter.receive(our_other)
+                assert first == second == value
+                if isinstance(value, list):
+                    assert first is not second  # each member gets its own copy
+                assert await their_receive(their, their_channel) == value
+            # What the serializer cannot encode is refused, with a TypeError on both sides.
+            with pytest.raises(InvalidMessage) as info:
+                await adapter.send(their_channel, object())  # type: ignore[arg-type]
+            assert isinstance(info.value, TypeError)
+            with pytest.raises(TypeError):
+                await their.send(our_channel, object())
+            statistics = adapter.statistics()
+            assert statistics is not None
+            assert statistics.decode_errors == 0
+    finally:
+        await adapter.close()
+    await assert_server_clean(redis_server)
+
+
+async def test_core_layer_accepts_only_dicts(redis_url: str, redis_server: RedisServer) -> None:
+    """``open_pubsub_layer`` keeps the Channels rule: a non-dict is refused or dropped."""
+    async with (
+        their_layer(redis_url) as their,
+        open_pubsub_layer(hosts=[f"{redis_url}?client_name={OUR_NAME}"]) as ours,
+    ):
+        channel = await ours.new_channel()
+        await ours.group_add("strict", channel)
+        with pytest.raises(InvalidMessage, match="must be a dict, not str"):
+            await ours.send(channel, "message.1")  # type: ignore[arg-type]
+        with pytest.raises(InvalidMessage, match="must be a dict, not list"):
+            await ours.group_send("strict", ["message.1"])  # type: ignore[arg-type]
+        # Published by channels_redis: dropped and counted; the next dict arrives.
+        await their.send(channel, "message.1")
+        await their.send(channel, {"type": "after"})
+        assert await our_receive(ours, channel) == {"type": "after"}
+        assert ours.statistics().decode_errors == 1
     await assert_server_clean(redis_server)

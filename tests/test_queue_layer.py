@@ -19,7 +19,7 @@ from anyio_layer.exceptions import (
     MessageTooLarge,
     RedisConnectionError,
 )
-from anyio_layer.messages.serializers import SerializerDoesNotExist
+from anyio_layer.messages import SerializerDoesNotExist
 from anyio_layer.queue.layer import QueueLayer, open_redis_layer
 from anyio_layer.testing import RedisServer, find_all_redis_servers
 
@@ -356,7 +356,7 @@ def invalid_configs() -> list[tuple[dict[str, object], str]]:
         ({"group_expiry": -5}, "group_expiry must be a positive number"),
         ({"prefix": b"bytes"}, "prefix must be a str"),
         ({"symmetric_encryption_keys": "one-string"}, "symmetric_encryption_keys"),
-        ({"random_prefix_length": -1}, "random_prefix_length must be a non-negative integer"),
+        ({"random_prefix_length": 1.5}, "random_prefix_length must be an integer"),
     ]
 
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import anyio
 
 from ..exceptions import ChannelClosedError, LayerClosedError, RedisError
-from ..messages.names import validate_group_name
+from ..messages import validate_group_name
 
 __all__ = ["LayerChannel", "LocalBuffer", "ScopedChannels"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import binascii
 from dataclasses import dataclass
 
-from ..messages.names import non_local_name
+from ..messages import non_local_name
 
 __all__ = ["Router", "consistent_hash", "scan_pattern"]
 

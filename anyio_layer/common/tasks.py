@@ -1,4 +1,11 @@
-"""Task-group helpers for objects that own background tasks."""
+"""Task-group helpers for objects that own background tasks.
+
+Owns :func:`open_service_task_group`, the task group that the pools, the
+cluster client and both layers open inside their ``async with``. It must not
+start tasks itself, retry, or swallow errors: the owner decides what runs in
+the group. No test of its own; every pool, cluster and layer test runs
+through it.
+"""
 
 from __future__ import annotations
 

@@ -23,6 +23,10 @@ Contract
 
 ``cryptography`` is an optional dependency and is imported only when
 encryption is actually configured.
+
+This module only turns keys into Fernet objects and decrypts: it must not
+know the message layout (the random prefix, the formats), which is
+:mod:`anyio_layer.messages.serializers`'. Covered by ``tests/test_serializers.py``.
 """
 
 from __future__ import annotations

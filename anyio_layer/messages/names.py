@@ -34,6 +34,10 @@ Channel names handed out by :func:`new_channel_name` have the shape
 channels_redis uses, ``f"{prefix}.{client_prefix}!{suffix}"``, where
 ``client_prefix`` (one per layer instance) and ``suffix`` are 32 lowercase hex
 digits each (:func:`random_client_prefix`, :func:`random_suffix`).
+
+This module only judges and makes names: it must not map them to Redis keys
+or shards (:mod:`anyio_layer.queue.keyspace`, :mod:`anyio_layer.common.sharding`)
+and holds no state. Covered by ``tests/test_names.py``.
 """
 
 from __future__ import annotations

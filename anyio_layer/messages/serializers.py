@@ -1,4 +1,14 @@
-"""Message serializers: channels_redis 4.x's registry API and wire format.
+"""Message serializers: channels_redis 4.x's serializer classes and wire format.
+
+Owns :class:`BaseMessageSerializer` (encryption and random prefix around a
+format's ``as_bytes`` / ``from_bytes``), the built-in formats
+:class:`JSONSerializer` and :class:`MsgPackSerializer`,
+:class:`MissingSerializer`, and :class:`MessageSerializer`, the protocol a
+layer needs from a serializer instance. It must not know format names or
+choose a class (that is :mod:`anyio_layer.messages.formats`, the registry),
+nor explain in detail why a value cannot be encoded (that is
+:mod:`anyio_layer.messages.diagnostics`). ``serialize`` / ``deserialize``
+are on every send and receive: keep them free of extra layers.
 
 Contract
 --------
@@ -16,25 +26,13 @@ Redis in either direction)::
   ``json.dumps(message).encode("utf-8")`` for ``"json"`` (``json``'s default
   options; decoded with ``json.loads``).
 * The random prefix only makes equal messages distinct members of the Redis
-  sorted set that holds a channel; it is stripped unread on the way back.
+  sorted set that holds a channel; it is stripped unread on the way back. As
+  in channels_redis, a ``random_prefix_length`` of 0 or less (``-1`` is
+  common in settings) means no prefix.
 * Encryption (see :mod:`anyio_layer.messages.encryption`) derives each Fernet key as
   urlsafe-base64(SHA-256(key)); the first key encrypts, all keys decrypt, and
   tokens older than ``expiry + 10`` seconds are rejected (no limit when
   ``expiry`` is None).
-
-Public API (names as in ``channels_redis.serializers``):
-:class:`SerializerDoesNotExist`, :class:`BaseMessageSerializer`,
-:class:`MissingSerializer`, :class:`JSONSerializer`,
-:class:`MsgPackSerializer`, :class:`SerializersRegistry` and the module-level
-:data:`registry`, pre-loaded with ``"json"`` and ``"msgpack"``.
-``registry.get_serializer(format, **kwargs)`` instantiates the registered
-class with the layer's keyword arguments (``symmetric_encryption_keys``,
-``random_prefix_length``, ``expiry``). A registered class is either a
-concrete :class:`BaseMessageSerializer` subclass (implementing ``as_bytes`` /
-``from_bytes``) or any class accepting those keyword arguments whose
-instances have ``serialize(message) -> bytes`` and ``deserialize(bytes)``
-methods (:class:`MessageSerializer`); channels_redis serializer classes
-qualify.
 
 Beyond channels_redis, errors are specific:
 
@@ -45,20 +43,17 @@ Beyond channels_redis, errors are specific:
 * undecodable, undecryptable, tampered, wrongly-keyed or expired data raises
   :class:`~anyio_layer.exceptions.MessageDecodeError`;
 * configuration mistakes raise
-  :class:`~anyio_layer.exceptions.ConfigurationError`, and an unknown format
-  :class:`SerializerDoesNotExist` (also a ``KeyError``, as in
-  channels_redis), which lists the registered formats.
+  :class:`~anyio_layer.exceptions.ConfigurationError`.
 
 Differences: ``symmetric_encryption_keys`` must be None (no encryption) or a
 non-empty list of non-empty keys (channels_redis silently disables encryption
 for ``[]`` or ``""``); a TTL from a fractional ``expiry`` is rounded up to
-whole seconds.
+whole seconds. Covered by ``tests/test_serializers.py``.
 """
 
 from __future__ import annotations
 
 import abc
-import inspect
 import json
 import math
 import random
@@ -68,6 +63,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
 from ..exceptions import ConfigurationError, InvalidMessage, MessageDecodeError
+from .diagnostics import (
+    JSON_RULES,
+    MSGPACK_RULES,
+    describe_error,
+    find_problem,
+    has_bad_map_key,
+)
 from .encryption import decrypt, make_crypter, make_fernet
 
 if TYPE_CHECKING:
@@ -79,33 +81,10 @@ __all__ = [
     "MessageSerializer",
     "MissingSerializer",
     "MsgPackSerializer",
-    "SerializerDoesNotExist",
-    "SerializersRegistry",
-    "registry",
 ]
 
 #: How many seconds channels_redis adds to ``expiry`` to get the decryption TTL.
 TTL_GRACE_SECONDS = 10
-
-
-class SerializerDoesNotExist(ConfigurationError, KeyError):
-    """No serializer is registered for the requested format.
-
-    Like channels_redis' exception it is a ``KeyError`` whose ``args`` are
-    ``(format,)``; it is also a :class:`ConfigurationError`.
-    """
-
-    def __init__(self, format: object, registered: Iterable[str] = ()) -> None:
-        super().__init__(format)
-        self.format = format
-        self.registered = tuple(registered)
-
-    def __str__(self) -> str:
-        known = ", ".join(repr(name) for name in self.registered) or "none"
-        return (
-            f"no serializer is registered for format {self.format!r}; registered formats: "
-            f"{known}. Register one with registry.register_serializer(format, cls)."
-        )
 
 
 @runtime_checkable
@@ -119,79 +98,6 @@ class MessageSerializer(Protocol):
         """Decode bytes read from Redis back into a message."""
 
 
-def _type_name(value: object) -> str:
-    cls = type(value)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _describe_error(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-class _Rules:
-    """What a format can represent, to pinpoint why serialization failed."""
-
-    def __init__(
-        self,
-        allowed: str,
-        allowed_keys: str,
-        scalars: tuple[type, ...],
-        key_types: tuple[type, ...],
-        int_range: tuple[int, int] | None = None,
-    ) -> None:
-        self.allowed = allowed
-        self.allowed_keys = allowed_keys
-        self.scalars = scalars
-        self.key_types = key_types
-        self.int_range = int_range
-
-
-def _find_problem(message: object, rules: _Rules) -> str | None:
-    """Describe the first value in ``message`` that ``rules`` cannot represent, if any.
-
-    Iterative depth-first walk (so it works on any depth), with cycle
-    detection; used only after serialization has failed, or for the msgpack
-    map-key check after packing succeeded.
-    """
-    # Each entry: (value, path, ids of the containers enclosing it).
-    stack: list[tuple[object, str, frozenset[int]]] = [(message, "message", frozenset())]
-    while stack:
-        value, path, enclosing = stack.pop()
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, int):
-            if rules.int_range is not None and not (
-                rules.int_range[0] <= value <= rules.int_range[1]
-            ):
-                return f"{path} is an int outside the 64-bit range the format can encode"
-            continue
-        if isinstance(value, (dict, list, tuple)):
-            if id(value) in enclosing:
-                return f"{path} contains itself (a circular reference)"
-            inner = enclosing | {id(value)}
-            children: list[tuple[object, str, frozenset[int]]] = []
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    if not isinstance(key, rules.key_types):
-                        return (
-                            f"{path} has a key {key!r} of type {_type_name(key)}; "
-                            f"keys must be {rules.allowed_keys}"
-                        )
-                    children.append((item, f"{path}[{key!r}]", inner))
-            else:
-                children.extend(
-                    (item, f"{path}[{index}]", inner) for index, item in enumerate(value)
-                )
-            stack.extend(reversed(children))
-            continue
-        if not isinstance(value, rules.scalars):
-            return f"{path} is of type {_type_name(value)}; allowed: {rules.allowed}"
-    return None
-
-
 class BaseMessageSerializer(abc.ABC):
     """Base class of the built-in serializers; subclass it to add a format.
 
@@ -200,9 +106,11 @@ class BaseMessageSerializer(abc.ABC):
     :meth:`deserialize`.
 
     ``symmetric_encryption_keys``: None (no encryption) or a non-empty list of
-    ``str``/``bytes`` keys; ``random_prefix_length``: bytes of random prefix
-    (``>= 0``); ``expiry``: seconds a message may wait in Redis (None: no
-    limit); encrypted messages older than ``expiry + 10`` are rejected.
+    ``str``/``bytes`` keys; ``random_prefix_length``: bytes of random prefix,
+    an int, where 0 or less (channels_redis settings often say ``-1``) means
+    no prefix and is stored as 0; ``expiry``: seconds a message may wait in
+    Redis (None: no limit); encrypted messages older than ``expiry + 10`` are
+    rejected.
     """
 
     #: Name of the format, for error messages.
@@ -217,14 +125,10 @@ class BaseMessageSerializer(abc.ABC):
         random_prefix_length: int = 0,
         expiry: float | None = None,
     ) -> None:
-        if (
-            isinstance(random_prefix_length, bool)
-            or not isinstance(random_prefix_length, int)
-            or random_prefix_length < 0
-        ):
+        if isinstance(random_prefix_length, bool) or not isinstance(random_prefix_length, int):
             raise ConfigurationError(
-                "random_prefix_length must be an int >= 0 (number of random bytes "
-                f"prepended to each message), not {random_prefix_length!r}."
+                "random_prefix_length must be an int (number of random bytes prepended "
+                f"to each message; 0 or less for none), not {random_prefix_length!r}."
             )
         if expiry is not None and (
             isinstance(expiry, bool)
@@ -235,7 +139,8 @@ class BaseMessageSerializer(abc.ABC):
             raise ConfigurationError(
                 f"expiry must be None or a finite number of seconds >= 0, not {expiry!r}."
             )
-        self.random_prefix_length = random_prefix_length
+        # channels_redis adds a prefix only when the length is > 0: -1 means none too.
+        self.random_prefix_length = max(random_prefix_length, 0)
         self.expiry = expiry
         self.crypter = (
             None if symmetric_encryption_keys is None else make_crypter(symmetric_encryption_keys)
@@ -264,7 +169,7 @@ class BaseMessageSerializer(abc.ABC):
 
     def explain_failure(self, message: Any, error: Exception) -> str:
         """Say why :meth:`as_bytes` failed on ``message``; override for a new format."""
-        return _describe_error(error)
+        return describe_error(error)
 
     def serialize(self, message: Any) -> bytes:
         """Encode, encrypt if configured, and prefix ``message``.
@@ -316,7 +221,7 @@ class BaseMessageSerializer(abc.ABC):
             raise
         except Exception as exc:
             raise MessageDecodeError(
-                f"message could not be decoded as {self.format_name}: {_describe_error(exc)}"
+                f"message could not be decoded as {self.format_name}: {describe_error(exc)}"
             ) from exc
 
 
@@ -342,14 +247,6 @@ class MissingSerializer(BaseMessageSerializer):
         raise NotImplementedError  # pragma: no cover - never instantiated
 
 
-_JSON_RULES = _Rules(
-    allowed="None, bool, int, float, str, list, tuple, dict",
-    allowed_keys="str, int, float, bool or None",
-    scalars=(str, int, float),
-    key_types=(str, int, float, bool, type(None)),
-)
-
-
 class JSONSerializer(BaseMessageSerializer):
     """JSON: ``json.dumps(message)`` encoded as UTF-8; ``json.loads`` to decode.
 
@@ -365,49 +262,7 @@ class JSONSerializer(BaseMessageSerializer):
         return json.loads(message, *args, **kwargs)
 
     def explain_failure(self, message: Any, error: Exception) -> str:
-        return _find_problem(message, _JSON_RULES) or _describe_error(error)
-
-
-_MSGPACK_ALLOWED = "None, bool, int (64-bit), float, str, bytes, bytearray, list, tuple, dict"
-_MSGPACK_RULES = _Rules(
-    allowed=_MSGPACK_ALLOWED,
-    allowed_keys="str or bytes (msgpack decoders, channels_redis' included, refuse others)",
-    scalars=(str, bytes, bytearray, memoryview, float),
-    key_types=(str, bytes),
-    int_range=(-(2**63), 2**64 - 1),
-)
-
-
-_CONTAINERS = (dict, list, tuple)
-_MSGPACK_KEYS = (str, bytes)
-
-
-def _has_bad_map_key_recursive(value: object) -> bool:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if type(key) is not str and not isinstance(key, _MSGPACK_KEYS):
-                return True
-            if isinstance(item, _CONTAINERS) and _has_bad_map_key_recursive(item):
-                return True
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            if isinstance(item, _CONTAINERS) and _has_bad_map_key_recursive(item):
-                return True
-    return False
-
-
-def _has_bad_map_key(message: object) -> bool:
-    """Whether any dict in ``message`` has a key that is not ``str`` or ``bytes``.
-
-    Runs on every msgpack serialization, so the common case is a fast
-    recursive walk. Only called on data ``msgpack.packb`` accepted, so it is
-    acyclic and at most about 1024 levels deep; the iterative
-    :func:`_find_problem` takes over if that exceeds Python's recursion limit.
-    """
-    try:
-        return _has_bad_map_key_recursive(message)
-    except RecursionError:
-        return _find_problem(message, _MSGPACK_RULES) is not None
+        return find_problem(message, JSON_RULES) or describe_error(error)
 
 
 class MsgPackSerializer(BaseMessageSerializer):
@@ -421,8 +276,8 @@ class MsgPackSerializer(BaseMessageSerializer):
 
     def as_bytes(self, message: Any, *args: Any, **kwargs: Any) -> bytes:
         data: bytes = msgpack.packb(message, *args, **kwargs)
-        if _has_bad_map_key(message):
-            problem = _find_problem(message, _MSGPACK_RULES)
+        if has_bad_map_key(message):
+            problem = find_problem(message, MSGPACK_RULES)
             raise InvalidMessage(f"message cannot be serialized as msgpack: {problem}.")
         return data
 
@@ -430,71 +285,4 @@ class MsgPackSerializer(BaseMessageSerializer):
         return msgpack.unpackb(message, *args, **kwargs)
 
     def explain_failure(self, message: Any, error: Exception) -> str:
-        return _find_problem(message, _MSGPACK_RULES) or _describe_error(error)
-
-
-class SerializersRegistry:
-    """Maps format names to serializer classes (after ``django.core.serializers``)."""
-
-    def __init__(self) -> None:
-        self._registry: dict[str, type[Any]] = {}
-
-    def register_serializer(self, format: str, serializer_class: type[Any]) -> None:
-        """Register ``serializer_class`` for ``format``, replacing any previous one.
-
-        ``serializer_class`` must be a class: a concrete
-        :class:`BaseMessageSerializer` subclass, or any class with
-        ``serialize`` and ``deserialize`` methods whose constructor accepts
-        the keyword arguments ``symmetric_encryption_keys``,
-        ``random_prefix_length`` and ``expiry``.
-        """
-        if not isinstance(serializer_class, type):
-            raise ConfigurationError(
-                f"serializer_class for format {format!r} must be a class, not an instance of "
-                f"{_type_name(serializer_class)}."
-            )
-        if not issubclass(serializer_class, BaseMessageSerializer):
-            missing = [
-                name
-                for name in ("serialize", "deserialize")
-                if not callable(getattr(serializer_class, name, None))
-            ]
-            if missing:
-                raise ConfigurationError(
-                    f"serializer_class {serializer_class.__qualname__} for format {format!r} "
-                    f"lacks {' and '.join(missing)}: it must subclass BaseMessageSerializer "
-                    "or define serialize(message) -> bytes and deserialize(data) methods."
-                )
-        if inspect.isabstract(serializer_class):
-            abstract = ", ".join(sorted(getattr(serializer_class, "__abstractmethods__", ())))
-            raise ConfigurationError(
-                f"serializer_class {serializer_class.__qualname__} for format {format!r} is "
-                f"abstract: implement {abstract}."
-            )
-        self._registry[format] = serializer_class
-
-    def get_serializer(self, format: str, *args: Any, **kwargs: Any) -> MessageSerializer:
-        """Instantiate the serializer registered for ``format`` with the given arguments.
-
-        Raises :class:`SerializerDoesNotExist` for an unknown format.
-        """
-        try:
-            serializer_class = self._registry[format]
-        except KeyError:
-            raise SerializerDoesNotExist(format, self._registry) from None
-        serializer: MessageSerializer = serializer_class(*args, **kwargs)
-        return serializer
-
-    @property
-    def formats(self) -> tuple[str, ...]:
-        """The registered format names."""
-        return tuple(self._registry)
-
-    def __contains__(self, format: object) -> bool:
-        return format in self._registry
-
-
-#: The default registry, with ``"json"`` and ``"msgpack"``.
-registry = SerializersRegistry()
-registry.register_serializer("json", JSONSerializer)
-registry.register_serializer("msgpack", MsgPackSerializer)
+        return find_problem(message, MSGPACK_RULES) or describe_error(error)

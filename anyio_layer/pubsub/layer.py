@@ -81,6 +81,7 @@ falls that far behind, its oldest message is dropped, logged and counted in
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 import uuid
@@ -105,8 +106,7 @@ from ..exceptions import (
     RedisConnectionError,
     ResponseError,
 )
-from ..messages.names import validate_channel_name, validate_group_name
-from ..messages.serializers import MessageSerializer, registry
+from ..messages import MessageSerializer, registry, validate_channel_name, validate_group_name
 from ..redis.cluster import ClusterClient, open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import ConnectionPool, open_pool
@@ -188,6 +188,7 @@ class PubSubLayer(ScopedChannels):
         on_disconnect: str | None,
         on_reconnect: str | None,
         idle_channel_timeout: float | None = None,
+        dict_messages_only: bool = True,
     ) -> None:
         self._task_group = task_group
         self._subscriptions: Subscriptions
@@ -202,6 +203,8 @@ class PubSubLayer(ScopedChannels):
         self.capacity = capacity
         self.serializer = serializer
         self.max_message_size = max_message_size
+        #: Whether only dicts may be sent and are delivered (see :func:`open_pubsub_layer`).
+        self.dict_messages_only = dict_messages_only
         self.on_disconnect = on_disconnect
         self.on_reconnect = on_reconnect
         #: Local channels and their buffers.
@@ -412,8 +415,8 @@ class PubSubLayer(ScopedChannels):
             del self._groups[group_channel]
             await self._subscriptions.unsubscribe(group_channel)
 
-    def _encode(self, message: dict[str, Any]) -> bytes:
-        if not isinstance(message, dict):
+    def _encode(self, message: object) -> bytes:
+        if not isinstance(message, dict) and self.dict_messages_only:
             raise InvalidMessage(f"message must be a dict, not {type(message).__name__}")
         payload = self.serializer.serialize(message)
         if len(payload) > self.max_message_size:
@@ -432,15 +435,16 @@ class PubSubLayer(ScopedChannels):
             return
         try:
             message = self.serializer.deserialize(data)
-            if not isinstance(message, dict):
+            if not isinstance(message, dict) and self.dict_messages_only:
                 raise MessageDecodeError(f"decoded message is a {type(message).__name__}")
         except Exception as exc:
             self._counters.decode_errors += 1
             logger.error("dropping a message published to %r: %s", name, exc)
             return
         now = time.monotonic()
+        copy_of = dict if isinstance(message, dict) else copy.copy
         for index, channel in enumerate(targets):
-            self._deliver(channel, now, message if index == 0 else dict(message))
+            self._deliver(channel, now, message if index == 0 else copy_of(message))
 
     def _deliver(self, channel: str, now: float, message: dict[str, Any]) -> None:
         buffer = self._channels.get(channel)
@@ -533,6 +537,7 @@ _OPTIONS: Final = (
     "capacity",
     "max_message_size",
     "idle_channel_timeout",
+    "dict_messages_only",
 )
 
 
@@ -548,6 +553,7 @@ async def open_pubsub_layer(
     capacity: int = 100,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     idle_channel_timeout: float | None = None,
+    dict_messages_only: bool = True,
     **unknown: object,
 ) -> AsyncIterator[PubSubLayer]:
     """Open the pub/sub layer; its options are channels_redis's pub/sub ``CONFIG`` keys.
@@ -562,6 +568,14 @@ async def open_pubsub_layer(
     :meth:`PubSubLayer.close_channel`. Leaving the block stops every task and closes every
     connection; calls made afterwards raise
     :class:`~anyio_layer.exceptions.LayerClosedError`.
+
+    Messages are dicts, as the Channels specification says: anything else
+    raises :class:`~anyio_layer.exceptions.InvalidMessage` when sent, and a
+    non-dict published by another process is dropped and counted in
+    :attr:`PubSubStatistics.decode_errors`. ``dict_messages_only=False``
+    lifts that rule, as channels_redis's pub/sub layer has none: any value
+    the serializer can encode is sent and delivered (the Channels adapter
+    sets it).
 
     ``hosts`` may name independent servers (sharded by channels_redis's ring),
     a Sentinel-managed primary, or the seeds of a Redis Cluster (Redis 7+:
@@ -585,6 +599,10 @@ async def open_pubsub_layer(
     max_message_size = int(positive_number(max_message_size, "max_message_size"))
     if idle_channel_timeout is not None:
         idle_channel_timeout = positive_number(idle_channel_timeout, "idle_channel_timeout")
+    if not isinstance(dict_messages_only, bool):
+        raise ConfigurationError(
+            f"dict_messages_only must be True or False, not {dict_messages_only!r}"
+        )
     serializer = registry.get_serializer(
         serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
     )
@@ -607,6 +625,7 @@ async def open_pubsub_layer(
                 on_disconnect=on_disconnect,
                 on_reconnect=on_reconnect,
                 idle_channel_timeout=idle_channel_timeout,
+                dict_messages_only=dict_messages_only,
             )
             try:
                 yield layer

@@ -38,7 +38,7 @@ import anyio
 
 from ..common.sharding import Router, scan_pattern
 from ..exceptions import ConfigurationError, ResponseError
-from ..messages.names import non_local_name
+from ..messages import non_local_name
 from ..redis.cluster import ClusterClient, key_slot
 from ..redis.pool import ConnectionPool
 from ..redis.protocol import Arg

@@ -101,15 +101,16 @@ from ..exceptions import (
     ResponseError,
     TooManyRedirectionsError,
 )
-from ..messages.names import (
+from ..messages import (
+    MessageSerializer,
     is_process_local,
     new_channel_name,
     non_local_name,
     random_client_prefix,
+    registry,
     validate_channel_name,
     validate_group_name,
 )
-from ..messages.serializers import MessageSerializer, registry
 from ..redis.cluster import open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import open_pool
@@ -886,13 +887,10 @@ async def open_redis_layer(
     group_expiry = int(positive_number(group_expiry, "group_expiry"))
     capacities = CapacityRules.parse(capacity, channel_capacity)
     max_message_size = int(positive_number(max_message_size, "max_message_size"))
-    if (
-        isinstance(random_prefix_length, bool)
-        or not isinstance(random_prefix_length, int)
-        or random_prefix_length < 0
-    ):
+    if isinstance(random_prefix_length, bool) or not isinstance(random_prefix_length, int):
         raise ConfigurationError(
-            f"random_prefix_length must be a non-negative integer, not {random_prefix_length!r}"
+            "random_prefix_length must be an integer (0 or less: no random prefix), "
+            f"not {random_prefix_length!r}"
         )
     serializer = registry.get_serializer(
         serializer_format,

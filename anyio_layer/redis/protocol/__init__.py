@@ -34,6 +34,14 @@ RESP type                   Python value
                             value it annotates is returned in its place
 ==========================  ==================================================
 
+Input from a broken or hostile server only ever raises :class:`ProtocolError`,
+in time linear in its size: aggregates nested more than :data:`MAX_DEPTH`
+levels deep are refused (both parsers), and so are declared lengths above
+Redis's own limits (:data:`MAX_BULK_LENGTH`, :data:`MAX_AGGREGATE_LENGTH`: at
+once by the pure-Python parser; hiredis refuses such aggregates and waits for
+such strings). Neither parser allocates a declared length before its bytes
+arrive (tested in ``tests/test_resp_hostile.py``).
+
 Error replies are values rather than exceptions because a pipeline or a
 ``MULTI``/``EXEC`` block has to report each command's outcome in place; the
 caller decides what to raise.
@@ -56,10 +64,13 @@ from __future__ import annotations
 
 from .encoder import Arg, encode_command, encode_commands
 from .hiredis_parser import HIREDIS_AVAILABLE, HiredisParser
-from .python_parser import PythonParser
+from .python_parser import MAX_AGGREGATE_LENGTH, MAX_BULK_LENGTH, MAX_DEPTH, PythonParser
 from .replies import NEED_DATA, ErrorReply, Push
 
 __all__ = [
+    "MAX_AGGREGATE_LENGTH",
+    "MAX_BULK_LENGTH",
+    "MAX_DEPTH",
     "HIREDIS_AVAILABLE",
     "NEED_DATA",
     "Arg",

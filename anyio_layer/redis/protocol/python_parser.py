@@ -11,12 +11,13 @@ the docstring of :mod:`anyio_layer.redis.protocol`. Tested in
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, Final
 
 from ...exceptions import ProtocolError
 from .replies import NEED_DATA, ErrorReply, Push
 
-__all__ = ["PythonParser"]
+__all__ = ["MAX_AGGREGATE_LENGTH", "MAX_BULK_LENGTH", "MAX_DEPTH", "PythonParser"]
 
 # Every byte that may start a reply.
 _TYPE_BYTES: Final = frozenset(b"+-:$*_,#(=!%~>|")
@@ -33,6 +34,13 @@ _BIG_NUMBER = re.compile(rb"-?[0-9]+")
 # A bulk string larger than this that ends the buffer drops the buffer at once.
 _LARGE_BULK: Final = 1 << 16
 
+#: Aggregates nested deeper than this are a protocol error (hiredis's own limit).
+MAX_DEPTH: Final = 1024
+#: The longest string reply accepted: Redis's default ``proto-max-bulk-len``.
+MAX_BULK_LENGTH: Final = 512 * 2**20
+#: The most elements an aggregate may declare (hiredis's own limit).
+MAX_AGGREGATE_LENGTH: Final = 2**32 - 1
+
 # Markers returned by PythonParser._parse_resp3 in place of a value.
 _OPENED: Final = object()  # an aggregate was opened: parse its first element
 _SKIPPED: Final = object()  # an attribute was consumed: parse what it annotates
@@ -43,13 +51,36 @@ def _show(data: bytes) -> str:
     return repr(bytes(data[:40])) + ("..." if len(data) > 40 else "")
 
 
+def _parts(value: list[Any] | dict[Any, Any]) -> Iterator[object]:
+    """The parts of an aggregate key: a list's items, a map's ``[key, value]`` pairs."""
+    if isinstance(value, list):
+        return iter(value)
+    return ([k, v] for k, v in value.items())
+
+
 def _hashable(key: object) -> object:
-    """Make a map key hashable: lists (and maps) become tuples, recursively."""
-    if isinstance(key, list):
-        return tuple(_hashable(item) for item in key)
-    if isinstance(key, dict):
-        return tuple((_hashable(k), _hashable(v)) for k, v in key.items())
-    return key
+    """Make a map key hashable: lists (and maps) become tuples, all the way down.
+
+    The walk keeps its own stack instead of recursing, so a deeply nested key
+    cannot exhaust Python's recursion limit (nesting is bounded by
+    :data:`MAX_DEPTH` anyway).
+    """
+    if not isinstance(key, (list, dict)):
+        return key
+    stack: list[tuple[Iterator[object], list[object]]] = [(_parts(key), [])]
+    while True:
+        parts, done = stack[-1]
+        for part in parts:
+            if isinstance(part, (list, dict)):
+                stack.append((_parts(part), []))
+                break
+            done.append(part)
+        else:
+            stack.pop()
+            value = tuple(done)
+            if not stack:
+                return value
+            stack[-1][1].append(value)
 
 
 class PythonParser:
@@ -166,7 +197,7 @@ class PythonParser:
                 line = buf[pos + 1 : end]
                 length = small_number(line)
                 if length is None:
-                    length = self._length(line)
+                    length = self._length(line, MAX_BULK_LENGTH, "string")
                 if length >= 0:
                     start = end + 2
                     stop = start + length
@@ -191,9 +222,11 @@ class PythonParser:
                 line = buf[pos + 1 : end]
                 length = small_number(line)
                 if length is None:
-                    length = self._length(line)
+                    length = self._length(line, MAX_AGGREGATE_LENGTH, "aggregate")
                 pos = end + 2
                 if length > 0:
+                    if len(stack) >= MAX_DEPTH:
+                        raise self._too_deep()
                     items = []
                     size = length
                     aggregate = 42
@@ -239,11 +272,17 @@ class PythonParser:
                 if value is _SKIPPED:
                     break
 
-    def _length(self, line: bytes) -> int:
-        """Parse a length (of a string or aggregate) not in _SMALL_NUMBERS: -1 or more."""
+    def _length(self, line: bytes, limit: int, what: str) -> int:
+        """Parse a length not in _SMALL_NUMBERS: -1 or more, at most ``limit``."""
         if line.isdigit() and line[0] != 48 and len(line) < 19:  # no leading "0"
-            return int(line)
+            length = int(line)
+            if length > limit:
+                raise self.fail(f"{what} length {length} is over the limit of {limit}")
+            return length
         raise self.fail(f"invalid length {_show(line)}")
+
+    def _too_deep(self) -> ProtocolError:
+        return self.fail(f"aggregates nested more than {MAX_DEPTH} levels deep")
 
     def _integer(self, line: bytes) -> int:
         """Parse a ``:`` integer not in _SMALL_NUMBERS: canonical decimal, 64-bit."""
@@ -287,14 +326,18 @@ class PythonParser:
         if kind not in _TYPE_BYTES:
             raise self.fail(f"invalid reply type byte {_show(buf[pos : pos + 1])}")
         # The rest are length-prefixed; -1 means null, as for "$" and "*".
+        blob = kind == 33 or kind == 61  # "!" blob error, "=" verbatim string
         length = _SMALL_NUMBERS.get(line)
         if length is None:
-            length = self._length(line)
+            if blob:
+                length = self._length(line, MAX_BULK_LENGTH, "string")
+            else:
+                length = self._length(line, MAX_AGGREGATE_LENGTH, "aggregate")
         if length < 0:
             if kind == 124:
                 raise self.fail("attribute with a null length")
             return None, after
-        if kind == 33 or kind == 61:  # "!" blob error, "=" verbatim string
+        if blob:
             stop = after + length
             if stop + 2 > len(buf):
                 return NEED_DATA, stop + 2 - pos
@@ -309,6 +352,8 @@ class PythonParser:
         # "%" map, "~" set, ">" push, "|" attribute: maps hold key, value pairs.
         size = length * 2 if kind == 37 or kind == 124 else length
         if size:
+            if len(self._stack) >= MAX_DEPTH:
+                raise self._too_deep()
             self._stack.append(([], size, kind))
             return _OPENED, after
         return _close(kind, []), after

@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..exceptions import ConfigurationError
 from .config import (
     CLUSTER_SUFFIX,
+    DEFAULT_SOCKET_TIMEOUT,
     Address,
     ClusterConfig,
     ConnectionOptions,
@@ -61,6 +62,7 @@ from .redaction import describe, redact, redact_url
 
 __all__ = [
     "DEFAULT_HOST",
+    "DEFAULT_SOCKET_TIMEOUT",
     "ClusterConfig",
     "ConnectionOptions",
     "HostConfig",
@@ -301,7 +303,8 @@ def _from_url(url: str, extra: dict[str, Any], shown: object) -> ServerConfig:
             options.setdefault("db", path)
         if _TCP_SCHEMES[scheme]:
             options.setdefault("ssl", True)
-        address: Address = TCPAddress(parts.hostname, port_value or 6379)
+        port = 6379 if port_value is None else parse_port(port_value, shown)
+        address: Address = TCPAddress(parts.hostname, port)
     elif scheme in _UNIX_SCHEMES:
         if not parts.path:
             raise ConfigurationError(f"hosts entry {redact_url(url)!r} has no socket path")

@@ -18,6 +18,7 @@ from typing import TypeAlias
 
 __all__ = [
     "CLUSTER_SUFFIX",
+    "DEFAULT_SOCKET_TIMEOUT",
     "Address",
     "ClusterConfig",
     "ConnectionOptions",
@@ -32,6 +33,10 @@ __all__ = [
 
 #: What a URL scheme ends with to mark a Redis Cluster seed (``redis+cluster://``).
 CLUSTER_SUFFIX = "+cluster"
+#: Default ``socket_timeout``: how long a non-blocking command waits for its reply.
+#: Redis answers in well under a millisecond; ten seconds leaves room for a busy
+#: server and a slow network while still noticing a silent one.
+DEFAULT_SOCKET_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +98,12 @@ class ConnectionOptions:
     client_name: str | None = None
     #: Seconds allowed for TCP/TLS connect plus the handshake. ``None`` waits forever.
     socket_connect_timeout: float | None = 10.0
-    #: Seconds a non-blocking command may wait for its reply. ``None`` waits forever.
-    socket_timeout: float | None = None
+    #: Seconds a non-blocking command may wait for its reply, after which the
+    #: shared connection is closed and every command waiting on it fails with
+    #: ``RedisTimeoutError``. ``None`` waits forever (a silent server then
+    #: hangs every caller). Blocking commands and subscribers have their own
+    #: liveness checks.
+    socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT
     tls: TLSOptions | None = None
     #: Upper bound on dedicated connections (blocking commands, subscribers).
     max_connections: int | None = None

@@ -15,7 +15,7 @@ import ssl
 from typing import Any
 
 from ..exceptions import ConfigurationError
-from .config import ConnectionOptions, TLSOptions
+from .config import DEFAULT_SOCKET_TIMEOUT, ConnectionOptions, TLSOptions
 
 __all__ = ["parse_bool", "parse_options", "parse_port"]
 
@@ -74,7 +74,9 @@ def parse_options(raw: dict[str, Any], shown: object) -> ConnectionOptions:
         socket_connect_timeout=_timeout(
             raw.pop("socket_connect_timeout", 10.0), "socket_connect_timeout", shown
         ),
-        socket_timeout=_timeout(raw.pop("socket_timeout", None), "socket_timeout", shown),
+        socket_timeout=_timeout(
+            raw.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT), "socket_timeout", shown
+        ),
         max_connections=_opt_int(raw.pop("max_connections", None), "max_connections", shown),
         tls=_tls(tls_raw, shown) if use_tls else None,
     )

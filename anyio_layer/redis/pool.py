@@ -336,7 +336,8 @@ class ConnectionPool:
         self._check_open()
         now = anyio.current_time()
         if now < self._retry_at and self._last_error is not None:
-            raise RedisConnectionError(
+            # The same kind of error as the attempt that failed (a timeout stays a timeout).
+            raise type(self._last_error)(
                 f"{self._last_error} (next attempt in {self._retry_at - now:.2f}s)"
             )
         try:

@@ -10,8 +10,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from anyio_layer.testing import RedisServer
-from anyio_layer.testing.proxy import FaultProxy, run_fault_proxy
+from anyio_layer.testing import FaultProxy, RedisServer, run_fault_proxy
 
 pytestmark = pytest.mark.anyio
 

@@ -63,7 +63,8 @@ The package has one module per thing it does: :mod:`.binaries` (finding
 ``redis-server``), :mod:`.tls` (certificates), :mod:`.client` (the admin client),
 :mod:`.process` (a process's lifetime), :mod:`.server`, :mod:`.sentinel`,
 :mod:`.cluster` (with :mod:`.cluster_view`, :mod:`.cluster_operations` and
-:mod:`.cluster_nodes`) and :mod:`.pytest_plugin`; :mod:`.errors`, :mod:`.config`
+:mod:`.cluster_nodes`), :mod:`.proxy` (a fault-injecting TCP proxy) and
+:mod:`.pytest_plugin`; :mod:`.errors`, :mod:`.config`
 and :mod:`.lifecycle` hold what they share. This module only
 re-exports their public names.
 """
@@ -85,12 +86,15 @@ from .errors import RedisReplyError, RedisServerError, TLSNotSupportedError
 from .lifecycle import poll as _poll  # noqa: F401
 from .process import RedisProcess
 from .process import free_port as _free_port  # noqa: F401
+from .proxy import FaultProxy, FaultProxyStatistics, run_fault_proxy
 from .sentinel import SentinelServer, run_sentinel, start_sentinel
 from .server import RedisServer, redis_server_supports_tls, run_redis_server, start_redis_server
 from .tls import TLSFiles, generate_tls_files
 
 __all__ = [
     "REDIS_SERVER_ENV",
+    "FaultProxy",
+    "FaultProxyStatistics",
     "RedisProcess",
     "RedisReplyError",
     "RedisServer",
@@ -103,6 +107,7 @@ __all__ = [
     "generate_tls_files",
     "redis_server_supports_tls",
     "redis_server_version",
+    "run_fault_proxy",
     "run_redis_server",
     "run_sentinel",
     "start_redis_server",

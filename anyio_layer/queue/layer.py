@@ -9,7 +9,7 @@ Open it with :func:`open_redis_layer`; everything it runs lives inside that
             message = await channel.receive()
 
 Data layout and message encoding are channels_redis 4.x's (see
-:mod:`anyio_layer.common.sharding`), so processes running either library can share
+:mod:`anyio_layer.queue.keyspace`), so processes running either library can share
 one Redis during a migration. On a Redis Cluster (``hosts`` listing
 ``redis+cluster://`` seeds) the keys carry hash tags instead, and commands
 follow their slot through failovers and resharding: the layer only ever talks
@@ -114,7 +114,7 @@ from ..redis.cluster.client import open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import open_pool
 from ..redis.scripts import Script
-from .keyspace import ClusterKeySpace, KeyHome, KeySpace, ShardedKeySpace
+from .keyspace import ClusterKeySpace, KeyServer, KeySpace, ShardedKeySpace
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -612,7 +612,7 @@ class QueueLayer(ScopedChannels):
 
     async def _pop_legacy(
         self,
-        home: KeyHome,
+        home: KeyServer,
         key: bytes,
         put_back: Callable[[object], Awaitable[None]],
     ) -> list[tuple[bytes, float]]:
@@ -652,7 +652,7 @@ class QueueLayer(ScopedChannels):
                     logger.warning("lost %d buffered messages on close: %s", len(entries), exc)
 
     async def _put_back(
-        self, home: KeyHome, key: bytes, entries: Iterable[tuple[bytes, float] | None]
+        self, home: KeyServer, key: bytes, entries: Iterable[tuple[bytes, float] | None]
     ) -> None:
         """Return popped messages to Redis at their original scores (so they come first)."""
         flat: list[bytes | str] = []

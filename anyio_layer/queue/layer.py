@@ -78,7 +78,6 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
@@ -92,10 +91,8 @@ from ..exceptions import (
     ClusterUnavailableError,
     ConfigurationError,
     InvalidChannelName,
-    InvalidMessage,
     LayerClosedError,
     MessageDecodeError,
-    MessageTooLarge,
     RedisConnectionError,
     RedisError,
     ResponseError,
@@ -113,8 +110,18 @@ from ..messages.serializers import MessageSerializer, registry
 from ..redis.cluster.client import open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import open_pool
-from ..redis.scripts import Script
+from .codec import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, MessageCodec, check_message
 from .keyspace import ClusterKeySpace, KeyServer, KeySpace, ShardedKeySpace
+from .replies import (
+    Entry,
+    group_send_counts,
+    popped_entries,
+    popped_entry,
+    send_counts,
+    zpopmin_entries,
+)
+from .scripts import GROUP_SEND, SEND
+from .statistics import Counters, LayerStatistics
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -127,9 +134,6 @@ __all__ = [
 
 logger = logging.getLogger("anyio_layer")
 
-RESERVED_KEY: Final = "__asgi_channel__"
-#: Largest serialized message accepted by default (the ASGI spec asks for at least 1 MB).
-DEFAULT_MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
 #: Most messages a process-local reader takes from Redis in one round trip.
 DRAIN_BATCH: Final = 500
 #: Server-side timeout of blocking pops; the client allows this much more before giving up.
@@ -146,83 +150,6 @@ _REDIS_AWAY: Final = (
 )
 #: How long closing may spend returning buffered messages to Redis.
 _RETURN_TIMEOUT: Final = 5.0
-
-# KEYS[1]: channel key. ARGV: message, score (now), prune cutoff, capacity, ttl.
-# Returns {added (0 or 1), messages pruned as expired}.
-_SEND: Final = Script(
-    """
-local pruned = redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[3])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
-    return {0, pruned}
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return {1, pruned}
-"""
-)
-
-# KEYS: n channel keys. ARGV: n messages, n capacities, score (now), prune cutoff, ttl.
-# Returns {copies added, keys skipped because full, messages pruned as expired}.
-_GROUP_SEND: Final = Script(
-    """
-local n = #KEYS
-local now, cutoff, ttl = ARGV[2 * n + 1], ARGV[2 * n + 2], ARGV[2 * n + 3]
-local added, skipped, pruned = 0, 0, 0
-for i = 1, n do
-    pruned = pruned + redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
-    if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[n + i]) then
-        redis.call('ZADD', KEYS[i], now, ARGV[i])
-        redis.call('EXPIRE', KEYS[i], ttl)
-        added = added + 1
-    else
-        skipped = skipped + 1
-    end
-end
-return {added, skipped, pruned}
-"""
-)
-
-
-@dataclass(frozen=True, slots=True)
-class LayerStatistics:
-    """A snapshot of a layer's counters since it was opened."""
-
-    #: Messages accepted by ``send()``.
-    messages_sent: int
-    #: Messages handed to callers of ``receive()``.
-    messages_received: int
-    #: ``send()`` calls refused with ChannelFull.
-    channel_full: int
-    #: ``group_send()`` calls, and copies they wrote (one per Redis key).
-    group_sends: int
-    group_deliveries: int
-    #: Group members skipped because their channel was at capacity.
-    group_skipped_over_capacity: int
-    #: Messages this layer saw dropped for outliving ``expiry``: pruned by a send,
-    #: popped too late, or aged out of a local buffer. (Keys that Redis expires
-    #: whole, when nobody sent to them for ``expiry`` seconds, are not counted.)
-    expired: int
-    #: Oldest local messages dropped because a consumer's buffer was full.
-    local_buffer_overflows: int
-    #: Messages that could not be decrypted or deserialized.
-    decode_errors: int
-    #: Connections re-established after a failure, over all shards.
-    reconnects: int
-    #: Local channels with buffered messages or waiting receivers.
-    local_channels: int
-
-
-class _Counters:
-    def __init__(self) -> None:
-        self.sent = 0
-        self.received = 0
-        self.channel_full = 0
-        self.group_sends = 0
-        self.group_deliveries = 0
-        self.group_skipped = 0
-        self.expired = 0
-        self.overflows = 0
-        self.decode_errors = 0
 
 
 class _SharedLock:
@@ -315,7 +242,10 @@ class QueueLayer(ScopedChannels):
         self._readers: dict[str, _Demand] = {}
         self._next_sweep = 0.0
         self._receive_locks: dict[str, _SharedLock] = {}
-        self._counters = _Counters()
+        self._counters = Counters()
+        codec = MessageCodec(serializer, max_message_size, self._counters)
+        self._encode = codec.encode
+        self._decode = codec.decode
         self._closed = False
 
     # -- sending --------------------------------------------------------------
@@ -324,7 +254,7 @@ class QueueLayer(ScopedChannels):
         """Send ``message`` to ``channel``; raise ChannelFull if it is at capacity."""
         self._check_open()
         validate_channel_name(channel)
-        _check_message(message)
+        check_message(message)
         if is_process_local(channel):
             if self._is_own(channel):
                 # Sender and receiver share this layer: no need to go through Redis.
@@ -338,7 +268,7 @@ class QueueLayer(ScopedChannels):
         now = time.time()
         key, home = self._keys.channel(channel)
         reply = await home.evalsha(
-            _SEND,
+            SEND,
             [key],
             [
                 payload,
@@ -348,7 +278,7 @@ class QueueLayer(ScopedChannels):
                 self._ttl,
             ],
         )
-        added, pruned = _int_pair(reply)
+        added, pruned = send_counts(reply)
         self._counters.expired += pruned
         if not added:
             self._counters.channel_full += 1
@@ -364,7 +294,7 @@ class QueueLayer(ScopedChannels):
         """
         self._check_open()
         validate_group_name(group)
-        _check_message(message)
+        check_message(message)
         plain = self._encode(message)  # also rejects what cannot be sent, even to nobody
         now = time.time()
         group_key, group_home = self._keys.group(group)
@@ -401,8 +331,8 @@ class QueueLayer(ScopedChannels):
 
         skipped_total = 0
         routes = {key: channels[0] for key, channels in targets.items()}
-        for reply in await self._keys.eval_batched(_GROUP_SEND, routes, arguments):
-            added, skipped, pruned = _int_triple(reply)
+        for reply in await self._keys.eval_batched(GROUP_SEND, routes, arguments):
+            added, skipped, pruned = group_send_counts(reply)
             self._counters.group_deliveries += added
             self._counters.group_skipped += skipped
             self._counters.expired += pruned
@@ -539,7 +469,7 @@ class QueueLayer(ScopedChannels):
         key, home = self._keys.channel(channel)
 
         async def put_back(reply: object) -> None:
-            await self._put_back(home, key, [_popped_entry(reply)])
+            await self._put_back(home, key, [popped_entry(reply)])
 
         retry = _RetryDelay()
         while True:
@@ -552,7 +482,7 @@ class QueueLayer(ScopedChannels):
                 await retry.wait(f"receive({channel!r})", exc)
                 continue
             retry.reset()
-            entry = _popped_entry(reply)
+            entry = popped_entry(reply)
             if entry is None:
                 continue
             member, score = entry
@@ -576,7 +506,7 @@ class QueueLayer(ScopedChannels):
         use_bzmpop = True
 
         async def put_back(reply: object) -> None:
-            entries = _popped_entries(reply) if use_bzmpop else [_popped_entry(reply)]
+            entries = popped_entries(reply) if use_bzmpop else [popped_entry(reply)]
             await self._put_back(home, key, entries)
 
         retry = _RetryDelay()
@@ -601,7 +531,7 @@ class QueueLayer(ScopedChannels):
                                 raise
                             use_bzmpop = False  # Redis < 7.0
                             continue
-                        entries = _popped_entries(reply)
+                        entries = popped_entries(reply)
                     else:
                         entries = await self._pop_legacy(home, key, put_back)
             except _REDIS_AWAY as exc:
@@ -615,9 +545,9 @@ class QueueLayer(ScopedChannels):
         home: KeyServer,
         key: bytes,
         put_back: Callable[[object], Awaitable[None]],
-    ) -> list[tuple[bytes, float]]:
+    ) -> list[Entry]:
         """BZPOPMIN for one message, then ZPOPMIN for whatever else is waiting."""
-        first = _popped_entry(
+        first = popped_entry(
             await home.execute_blocking(
                 "BZPOPMIN", key, _BLOCK_SECONDS, on_cancelled_reply=put_back
             )
@@ -626,18 +556,11 @@ class QueueLayer(ScopedChannels):
             return []
         with anyio.CancelScope(shield=True):  # popped messages must reach the buffers
             rest = await home.execute("ZPOPMIN", key, DRAIN_BATCH - 1)
-        entries = [first]
-        if isinstance(rest, list):
-            entries += [
-                (member, float(score))
-                for member, score in zip(rest[::2], rest[1::2], strict=True)
-                if isinstance(member, bytes) and isinstance(score, bytes)
-            ]
-        return entries
+        return [first, *zpopmin_entries(rest)]
 
     async def _return_unreceived(self) -> None:
         """Put messages buffered for local channels back in Redis, each at its original score."""
-        by_key: dict[str, list[tuple[bytes, float]]] = {}
+        by_key: dict[str, list[Entry]] = {}
         for name, buffer in self._buffers.items():
             entries = by_key.setdefault(non_local_name(name), [])
             for score, message in buffer.messages:
@@ -651,9 +574,7 @@ class QueueLayer(ScopedChannels):
                 except (RedisError, LayerClosedError) as exc:
                     logger.warning("lost %d buffered messages on close: %s", len(entries), exc)
 
-    async def _put_back(
-        self, home: KeyServer, key: bytes, entries: Iterable[tuple[bytes, float] | None]
-    ) -> None:
+    async def _put_back(self, home: KeyServer, key: bytes, entries: Iterable[Entry | None]) -> None:
         """Return popped messages to Redis at their original scores (so they come first)."""
         flat: list[bytes | str] = []
         for entry in entries:
@@ -664,9 +585,7 @@ class QueueLayer(ScopedChannels):
             # receiver could have popped the message before a retry added it again.
             await home.pipeline([("ZADD", key, *flat), ("EXPIRE", key, self._ttl)])
 
-    def _dispatch_local(
-        self, local_key: str, entries: Iterable[tuple[bytes, float]], demand: _Demand
-    ) -> None:
+    def _dispatch_local(self, local_key: str, entries: Iterable[Entry], demand: _Demand) -> None:
         cutoff = time.time() - self.expiry
         for member, score in entries:
             if score < cutoff:
@@ -731,19 +650,8 @@ class QueueLayer(ScopedChannels):
                 demand.update(buffer)
 
     def statistics(self) -> LayerStatistics:
-        counters = self._counters
-        return LayerStatistics(
-            messages_sent=counters.sent,
-            messages_received=counters.received,
-            channel_full=counters.channel_full,
-            group_sends=counters.group_sends,
-            group_deliveries=counters.group_deliveries,
-            group_skipped_over_capacity=counters.group_skipped,
-            expired=counters.expired,
-            local_buffer_overflows=counters.overflows,
-            decode_errors=counters.decode_errors,
-            reconnects=self._keys.reconnects(),
-            local_channels=len(self._buffers),
+        return self._counters.snapshot(
+            reconnects=self._keys.reconnects(), local_channels=len(self._buffers)
         )
 
     def consistent_hash(self, value: str) -> int:
@@ -758,68 +666,6 @@ class QueueLayer(ScopedChannels):
     def _check_open(self) -> None:
         if self._closed:
             raise LayerClosedError("the channel layer is closed (its async with block has exited)")
-
-    def _encode(self, message: dict[str, Any]) -> bytes:
-        payload = self.serializer.serialize(message)
-        if len(payload) > self.max_message_size:
-            raise MessageTooLarge(
-                f"message is {len(payload)} bytes once serialized; the limit is "
-                f"{self.max_message_size} bytes (max_message_size)"
-            )
-        return payload
-
-    def _decode(self, payload: bytes) -> dict[str, Any]:
-        try:
-            message = self.serializer.deserialize(payload)
-        except MessageDecodeError:
-            self._counters.decode_errors += 1
-            raise
-        except Exception as exc:
-            self._counters.decode_errors += 1
-            raise MessageDecodeError(f"a message could not be decoded: {exc}") from exc
-        if not isinstance(message, dict):
-            self._counters.decode_errors += 1
-            raise MessageDecodeError(f"decoded message is a {type(message).__name__}, not a dict")
-        return message
-
-
-def _check_message(message: object) -> None:
-    if not isinstance(message, dict):
-        raise InvalidMessage(f"message must be a dict, not {type(message).__name__}")
-    if RESERVED_KEY in message:
-        raise InvalidMessage(f"message must not contain the reserved key {RESERVED_KEY!r}")
-
-
-def _int_pair(reply: object) -> tuple[int, int]:
-    if isinstance(reply, list) and len(reply) == 2 and all(isinstance(x, int) for x in reply):
-        return reply[0], reply[1]
-    raise ResponseError(f"unexpected reply from the send script: {reply!r:.100}")
-
-
-def _int_triple(reply: object) -> tuple[int, int, int]:
-    if isinstance(reply, list) and len(reply) == 3 and all(isinstance(x, int) for x in reply):
-        return reply[0], reply[1], reply[2]
-    raise ResponseError(f"unexpected reply from the group send script: {reply!r:.100}")
-
-
-def _popped_entry(reply: object) -> tuple[bytes, float] | None:
-    """``(member, score)`` from a BZPOPMIN reply ``[key, member, score]``."""
-    if isinstance(reply, list) and len(reply) == 3:
-        _, member, score = reply
-        if isinstance(member, bytes) and isinstance(score, bytes):
-            return member, float(score)
-    return None
-
-
-def _popped_entries(reply: object) -> list[tuple[bytes, float]]:
-    """``[(member, score), ...]`` from a BZMPOP reply ``[key, [[member, score], ...]]``."""
-    if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], list)):
-        return []
-    entries = []
-    for pair in reply[1]:
-        if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], bytes):
-            entries.append((pair[0], float(pair[1])))
-    return entries
 
 
 _OPTIONS: Final = (

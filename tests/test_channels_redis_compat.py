@@ -26,7 +26,7 @@ import pytest
 from channels_redis.core import RedisChannelLayer
 
 from anyio_layer.messages.names import non_local_name
-from anyio_layer.queue.layer import QueueLayer, open_redis_layer
+from anyio_layer.queue import QueueLayer, open_redis_layer
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio

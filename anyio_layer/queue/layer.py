@@ -1,7 +1,7 @@
 """The sorted-set queue layer's public API: :class:`QueueLayer`.
 
-Open it with :func:`open_redis_layer`; everything it runs lives inside that
-``async with`` block::
+Open it with :func:`~anyio_layer.queue.factory.open_redis_layer`; everything
+it runs lives inside that ``async with`` block::
 
     async with open_redis_layer(hosts=["redis://localhost:6379"]) as layer:
         async with layer.open_channel("room") as channel:
@@ -58,21 +58,15 @@ once the client's own retries are used up, receivers keep waiting.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import re
 import time
-from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import anyio
 import anyio.abc
 
-from ..common.channels import LayerChannel, LocalBuffer, ScopedChannels
-from ..common.options import CapacityRules, positive_number, require_prefix
-from ..common.tasks import open_service_task_group
-from ..exceptions import ChannelFull, ConfigurationError, InvalidChannelName, LayerClosedError
+from ..common.channels import LocalBuffer, ScopedChannels
+from ..exceptions import ChannelFull, InvalidChannelName, LayerClosedError
 from ..messages.names import (
     is_process_local,
     new_channel_name,
@@ -81,31 +75,19 @@ from ..messages.names import (
     validate_channel_name,
     validate_group_name,
 )
-from ..messages.serializers import MessageSerializer, registry
-from ..redis.cluster.client import open_cluster
-from ..redis.hosts import ClusterConfig, parse_hosts
-from ..redis.pool import open_pool
-from .codec import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, MessageCodec, check_message
-from .keyspace import ClusterKeySpace, KeySpace, ShardedKeySpace
-from .readers import DRAIN_BATCH, LocalReaders
+from ..messages.serializers import MessageSerializer
+from .codec import RESERVED_KEY, MessageCodec, check_message
+from .keyspace import KeySpace
+from .options import CapacityRules
+from .readers import LocalReaders
 from .receive import NormalReceivers
 from .replies import group_send_counts, send_counts
 from .scripts import GROUP_SEND, SEND
 from .statistics import Counters, LayerStatistics
 
-__all__ = [
-    "DEFAULT_MAX_MESSAGE_SIZE",
-    "DRAIN_BATCH",
-    "LayerChannel",
-    "LayerStatistics",
-    "QueueLayer",
-    "open_redis_layer",
-]
+__all__ = ["QueueLayer"]
 
 logger = logging.getLogger("anyio_layer")
-
-#: How long closing may spend returning buffered messages to Redis.
-_RETURN_TIMEOUT: Final = 5.0
 
 
 class QueueLayer(ScopedChannels):
@@ -405,123 +387,3 @@ class QueueLayer(ScopedChannels):
     def _check_open(self) -> None:
         if self._closed:
             raise LayerClosedError("the channel layer is closed (its async with block has exited)")
-
-
-_OPTIONS: Final = (
-    "hosts",
-    "prefix",
-    "expiry",
-    "group_expiry",
-    "capacity",
-    "channel_capacity",
-    "symmetric_encryption_keys",
-    "random_prefix_length",
-    "serializer_format",
-    "max_message_size",
-    "client_prefix",
-    "client_prefix_family",
-)
-
-
-@contextlib.asynccontextmanager
-async def open_redis_layer(
-    *,
-    hosts: object = None,
-    prefix: str = "asgi",
-    expiry: float = 60,
-    group_expiry: int = 86400,
-    capacity: int = 100,
-    channel_capacity: object = None,
-    symmetric_encryption_keys: object = None,
-    random_prefix_length: int = 12,
-    serializer_format: str = "msgpack",
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    client_prefix: str | None = None,
-    client_prefix_family: str | None = None,
-    **unknown: object,
-) -> AsyncIterator[QueueLayer]:
-    """Open the queue layer; its options are channels_redis's ``CONFIG`` keys.
-
-    ``client_prefix`` and ``client_prefix_family`` (additions) let several
-    layers of one process hand process-local channels to each other, as the
-    Channels adapter does with its one layer per event loop: each layer names
-    its channels with its own ``client_prefix`` (``family-N``) and may receive
-    from any channel of the family. Messages a layer buffered but nobody
-    received go back to Redis when it closes, for the next layer. By default
-    the client prefix is random and a layer receives only its own channels.
-
-    ``hosts`` takes every form channels_redis accepts; several entries are
-    sharded by channels_redis's CRC32 ring. Or it lists seed nodes of a Redis
-    Cluster (``redis+cluster://host:port``, or ``"cluster": True`` in a dict):
-    see ``docs/cluster.md`` for the key layout and failover behaviour.
-
-    Leaving the block stops the layer's tasks and closes every connection;
-    calls made afterwards raise :class:`~anyio_layer.exceptions.LayerClosedError`.
-    Bad options raise :class:`~anyio_layer.exceptions.ConfigurationError`
-    before anything is connected.
-    """
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option(s) for the queue layer: {', '.join(sorted(unknown))}; "
-            f"allowed: {', '.join(_OPTIONS)}"
-        )
-    configs = parse_hosts(hosts)
-    prefix = require_prefix(prefix)
-    expiry = positive_number(expiry, "expiry")
-    group_expiry = int(positive_number(group_expiry, "group_expiry"))
-    capacities = CapacityRules.parse(capacity, channel_capacity)
-    max_message_size = int(positive_number(max_message_size, "max_message_size"))
-    if (
-        isinstance(random_prefix_length, bool)
-        or not isinstance(random_prefix_length, int)
-        or random_prefix_length < 0
-    ):
-        raise ConfigurationError(
-            f"random_prefix_length must be a non-negative integer, not {random_prefix_length!r}"
-        )
-    serializer = registry.get_serializer(
-        serializer_format,
-        symmetric_encryption_keys=symmetric_encryption_keys,
-        random_prefix_length=random_prefix_length,
-        expiry=expiry,
-    )
-    for name, value in (
-        ("client_prefix", client_prefix),
-        ("client_prefix_family", client_prefix_family),
-    ):
-        if value is not None and not (
-            isinstance(value, str) and re.fullmatch(r"[0-9a-zA-Z_-]{1,64}", value)
-        ):
-            raise ConfigurationError(
-                f"{name} must be 1-64 ASCII letters, digits, '-' or '_', not {value!r}"
-            )
-    async with contextlib.AsyncExitStack() as stack:
-        keys: KeySpace
-        if isinstance(configs, ClusterConfig):
-            cluster = await stack.enter_async_context(open_cluster(configs.seeds))
-            keys = ClusterKeySpace(cluster, prefix)
-        else:
-            pools = [await stack.enter_async_context(open_pool(config)) for config in configs]
-            keys = ShardedKeySpace(pools, prefix)
-        try:
-            async with open_service_task_group() as task_group:
-                layer = QueueLayer(
-                    keys=keys,
-                    task_group=task_group,
-                    expiry=expiry,
-                    group_expiry=group_expiry,
-                    capacities=capacities,
-                    serializer=serializer,
-                    max_message_size=max_message_size,
-                    client_prefix=client_prefix,
-                    client_prefix_family=client_prefix_family,
-                )
-                try:
-                    yield layer
-                finally:
-                    layer.close()
-        finally:
-            # The readers are stopped; messages they buffered that nobody took
-            # go back to Redis, for another layer with the same client_prefix.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_RETURN_TIMEOUT):
-                await layer.return_unreceived()

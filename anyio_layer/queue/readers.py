@@ -38,11 +38,11 @@ import anyio
 import anyio.abc
 
 from ..common.channels import LocalBuffer
-from ..common.options import CapacityRules
 from ..exceptions import LayerClosedError, MessageDecodeError, RedisError, ResponseError
 from ..messages.names import non_local_name
 from .codec import RESERVED_KEY, MessageCodec
 from .keyspace import KeyServer, KeySpace
+from .options import CapacityRules
 from .popping import BLOCK_GRACE, BLOCK_SECONDS, REDIS_AWAY, RetryDelay, put_back
 from .replies import Entry, popped_entries, popped_entry, zpopmin_entries
 from .statistics import Counters

@@ -45,6 +45,8 @@ normal channels, a pop that completes just as its receiver is cancelled is
 put back in Redis at its original score. Cancelling :meth:`~QueueLayer.send`
 or :meth:`~QueueLayer.group_send` either sent the message or did not; it
 never disturbs the connection. Each coroutine states its own contract.
+The rest of the layer's behaviour is covered by ``tests/test_queue_layer.py``
+and ``tests/test_queue_cluster.py``.
 
 Failures: when Redis goes away, ``send()`` and friends fail at once with
 :class:`~anyio_layer.exceptions.RedisConnectionError` (nothing is queued in
@@ -286,8 +288,9 @@ class QueueLayer(ScopedChannels):
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel`` and return it.
 
-        Safe to cancel at any moment: a message is either returned or left for
-        the next ``receive()`` on the channel (see the module docstring).
+        If cancelled, at any moment, no message is lost: it stays for the next
+        ``receive()`` (a normal channel's last-moment pop is put back in Redis,
+        which only a Redis failure at that moment can prevent).
         """
         self._check_open()
         validate_channel_name(channel)
@@ -381,6 +384,7 @@ class QueueLayer(ScopedChannels):
 
         :func:`open_redis_layer` calls this once the readers are stopped, shielded
         and bounded in time; a key whose put-back fails loses its messages (logged).
+        If cancelled, messages not put back yet are lost: the buffers are emptied first.
         """
         await self._local.return_unreceived()
 

@@ -110,7 +110,8 @@ from ..messages.serializers import MessageSerializer, registry
 from ..redis.cluster.client import ClusterClient, open_cluster
 from ..redis.hosts import ClusterConfig, parse_hosts
 from ..redis.pool import ConnectionPool, open_pool
-from .subscriptions import ClusterSubscriptions, ShardedSubscriptions, Subscriber, Subscriptions
+from .placement import ClusterSubscriptions, ShardedSubscriptions, SubscriptionEvents, Subscriptions
+from .subscriber import Subscriber
 
 __all__ = ["LayerChannel", "PubSubLayer", "PubSubStatistics", "open_pubsub_layer"]
 
@@ -190,12 +191,18 @@ class PubSubLayer(ScopedChannels):
         idle_channel_timeout: float | None = None,
     ) -> None:
         self._task_group = task_group
+        events = SubscriptionEvents(
+            deliver=self._dispatch,
+            names_lost=self._names_lost,
+            names_restored=self._names_restored,
+            names_abandoned=self._names_abandoned,
+        )
         self._subscriptions: Subscriptions
         if cluster is not None:
             where = f"the Redis Cluster at {', '.join(map(str, cluster.seeds))}"
-            self._subscriptions = ClusterSubscriptions(self, cluster, where)
+            self._subscriptions = ClusterSubscriptions(events, task_group, cluster, where)
         elif pools:
-            self._subscriptions = ShardedSubscriptions(self, pools)
+            self._subscriptions = ShardedSubscriptions(events, task_group, pools)
         else:
             raise ConfigurationError("the pub/sub layer needs at least one server or a cluster")
         self.prefix = prefix

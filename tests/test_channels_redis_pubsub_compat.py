@@ -33,7 +33,7 @@ import anyio
 import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from anyio_layer.pubsub.layer import PubSubLayer, open_pubsub_layer
+from anyio_layer.pubsub import PubSubLayer, open_pubsub_layer
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio

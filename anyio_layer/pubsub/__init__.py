@@ -8,7 +8,8 @@ cancellation) is in :mod:`anyio_layer.pubsub.layer`. Inside the package:
 * ``delivery``: filing published messages into local buffers (the hot path);
   ``outages``: lost and restored subscriptions, and the messages announcing
   them; ``janitor``: closing idle channels; ``statistics``: the counters;
-* ``placement``: which subscriber connection carries which name, joined to the
+* ``placement`` (independent servers) and ``cluster_placement`` (Redis
+  Cluster): which subscriber connection carries which name, joined to the
   layer by ``SubscriptionEvents``; ``subscriber``: a subscriber connection's
   reader task; ``subscriber_protocol``: its sans-IO reply matching.
 """

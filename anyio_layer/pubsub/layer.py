@@ -109,10 +109,11 @@ from ..messages.names import validate_channel_name, validate_group_name
 from ..messages.serializers import MessageSerializer
 from ..redis.cluster.client import ClusterClient
 from ..redis.pool import ConnectionPool
+from .cluster_placement import ClusterSubscriptions
 from .delivery import LocalDelivery
 from .janitor import close_idle_channels
 from .outages import Outages
-from .placement import ClusterSubscriptions, ShardedSubscriptions, SubscriptionEvents, Subscriptions
+from .placement import ShardedSubscriptions, SubscriptionEvents, Subscriptions
 from .statistics import Counters, PubSubStatistics
 from .subscriber import Subscriber
 

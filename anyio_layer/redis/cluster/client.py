@@ -231,8 +231,8 @@ def _host(value: object, asked: TCPAddress) -> str | None:
     return host
 
 
-def _parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[_ShardInfo]:
-    """Parse ``CLUSTER SHARDS`` (Redis 7+)."""
+def _parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[_ShardInfo] | None:
+    """Parse ``CLUSTER SHARDS`` (Redis 7+); None if a shard names two healthy primaries."""
     if not isinstance(reply, list):
         raise ProtocolError(f"CLUSTER SHARDS returned {reply!r:.100}")
     shards = []
@@ -244,6 +244,7 @@ def _parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[_ShardInf
         numbers = [int(_text(bound)) for bound in bounds]
         ranges = tuple(zip(numbers[::2], numbers[1::2], strict=True))
         primary: TCPAddress | None = None
+        primary_healthy = False
         replicas: list[TCPAddress] = []
         nodes = shard.get("nodes")
         for entry in nodes if isinstance(nodes, list) else []:
@@ -257,8 +258,11 @@ def _parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[_ShardInf
                 continue
             address = TCPAddress(host, port)
             if _text(node.get("role")) == "master":
-                if _text(node.get("health")) != "failed" or primary is None:
-                    primary = address
+                healthy = _text(node.get("health")) != "failed"
+                if healthy and primary_healthy:
+                    return None  # Valkey 8.0 after CLUSTER FAILOVER; CLUSTER SLOTS is right
+                if healthy or primary is None:
+                    primary, primary_healthy = address, healthy
             elif _text(node.get("health")) != "failed":
                 replicas.append(address)
         if primary is not None:
@@ -914,10 +918,13 @@ class ClusterClient:
             (reply,) = await pool.pipeline([("CLUSTER", "SHARDS")], raise_on_error=False)
             if not isinstance(reply, ErrorReply):
                 self._use_shards = True
-                return _parse_shards(reply, address, self.options.tls is not None)
-            if "unknown subcommand" not in reply.message.lower():
+                shards = _parse_shards(reply, address, self.options.tls is not None)
+                if shards is not None:
+                    return shards
+            elif "unknown subcommand" not in reply.message.lower():
                 raise ResponseError(reply.message)
-            self._use_shards = False  # Redis < 7
+            else:
+                self._use_shards = False  # Redis < 7
         return _parse_slots(await pool.execute("CLUSTER", "SLOTS"), address)
 
     # -- pools ------------------------------------------------------------------------------

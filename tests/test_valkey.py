@@ -1,0 +1,82 @@
+"""What differs between Redis and Valkey, checked on whichever server the suite runs.
+
+The suite runs on Redis by default and on Valkey with
+``REDIS_SERVER=$(command -v valkey-server)``; the tests here pin down the
+differences the rest of the suite relies on having been handled.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from anyio_layer.redis.cluster.client import _parse_shards, _ShardInfo, open_cluster
+from anyio_layer.redis.hosts import TCPAddress
+from anyio_layer.testing import RedisServer, redis_server_version
+from anyio_layer.testing.cluster import RedisCluster
+
+ASKED = TCPAddress("127.0.0.1", 7000)
+
+
+def _node(port: int, role: bytes, health: bytes = b"online") -> list[object]:
+    fields = {"port": port, "ip": b"127.0.0.1", "endpoint": b"127.0.0.1", "role": role}
+    return [
+        item
+        for key, value in {**fields, "health": health}.items()
+        for item in (key.encode(), value)
+    ]
+
+
+def test_two_healthy_primaries_in_one_shard_defer_to_cluster_slots() -> None:
+    # Valkey 8.0.1, after CLUSTER FAILOVER: every node but the demoted one lists it as a
+    # second healthy "master" of its shard. Only CLUSTER SLOTS then says who owns the slots.
+    reply = [[b"slots", [0, 16383], b"nodes", [_node(7000, b"master"), _node(7001, b"master")]]]
+    assert _parse_shards(reply, ASKED, tls=False) is None
+    # A failed old primary next to the new one is not ambiguous, in either order.
+    for nodes in (
+        [_node(7000, b"master", b"failed"), _node(7001, b"master")],
+        [_node(7001, b"master"), _node(7000, b"master", b"failed")],
+    ):
+        reply = [[b"slots", [0, 16383], b"nodes", nodes]]
+        assert _parse_shards(reply, ASKED, tls=False) == [
+            _ShardInfo(((0, 16383),), TCPAddress("127.0.0.1", 7001), ())
+        ]
+
+
+@pytest.mark.anyio
+async def test_manual_failover_is_seen_by_a_new_client(
+    redis_cluster: RedisCluster, redis_cluster_hosts: list[str]
+) -> None:
+    old = redis_cluster.primaries()[0]
+    (replica,) = redis_cluster.replicas_of(old)
+    slot = next(
+        first
+        for (first, _), owner in redis_cluster.slot_map().items()
+        if owner == redis_cluster.node_id(old)
+    )
+    redis_cluster.manual_failover(replica)
+    redis_cluster.wait_until_stable(replicas_synced=True)
+    async with open_cluster(redis_cluster_hosts) as client:
+        await client.refresh_topology()
+        node = client.node_for_slot(slot)
+        assert node is not None
+        assert node.address == TCPAddress(*replica.address)
+        assert {config.address for config in await client.primaries()} == {
+            TCPAddress(*primary.address) for primary in redis_cluster.primaries()
+        }
+
+
+def test_valkey_reports_its_own_version(redis_server: RedisServer) -> None:
+    info = redis_server.info("server")
+    if "valkey_version" not in info:
+        pytest.skip(f"{redis_server.binary} is not Valkey")
+    assert info["valkey_version"] == ".".join(map(str, redis_server.version))
+    assert info["redis_version"] == "7.2.4"  # what Valkey tells clients, for compatibility
+
+
+def test_valkey_binary_is_recognised() -> None:
+    binary = shutil.which("valkey-server")
+    if binary is None:
+        pytest.skip("no valkey-server on PATH")
+    assert redis_server_version(binary) >= (7, 2, 0)

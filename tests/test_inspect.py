@@ -323,6 +323,19 @@ def test_cli_on_a_cluster(redis_cluster_hosts: list[str]) -> None:
     assert len(data["servers"]) == 3
 
 
+def test_cli_through_sentinel(redis_server_factory: RedisServerFactory) -> None:
+    primary = redis_server_factory()
+    sentinel = redis_server_factory.sentinel(primary)
+    primary.execute("ZADD", "asgi:group:room", time.time(), "worker")
+    hosts = {"sentinels": [list(sentinel.address)], "master_name": sentinel.master_name}
+    result = run_cli("groups", "--json", "--hosts", json.dumps(hosts))
+    assert result.returncode == 0, result.stderr
+    (group,) = json.loads(result.stdout)
+    assert group["group"] == "room"
+    assert group["server"] == f"sentinel://{sentinel.address[0]}:{sentinel.address[1]}/mymaster"
+    assert [member["channel"] for member in group["member_list"]] == ["worker"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

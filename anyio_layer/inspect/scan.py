@@ -176,9 +176,9 @@ class _Collector:
             return
         if kind == "group":
             members, ttl = replies
-            self.groups.append(
-                GroupInfo(name, _text(key), server, tuple(_scored(members)), _ttl(ttl))
-            )
+            scored = tuple(_scored(members))
+            if scored:  # (else gone between SCAN and the read)
+                self.groups.append(GroupInfo(name, _text(key), server, scored, _ttl(ttl)))
             return
         backlog, oldest, ttl = replies
         if not isinstance(backlog, int) or backlog == 0:

@@ -67,6 +67,28 @@ async def test_manual_failover_is_seen_by_a_new_client(
         }
 
 
+@pytest.mark.anyio
+async def test_primaries_are_listed_once_whatever_the_topology_command(
+    redis_cluster: RedisCluster, redis_cluster_hosts: list[str]
+) -> None:
+    # A slot moved out of the middle of a primary's range leaves it two ranges, which
+    # CLUSTER SLOTS (Redis 6.2, and the Valkey 8.0 fallback above) lists apart.
+    first, second = redis_cluster.primaries()[:2]
+    (start, end), _ = next(
+        item for item in redis_cluster.slot_map().items() if item[1] == redis_cluster.node_id(first)
+    )
+    redis_cluster.migrate_slot((start + end) // 2, second)
+    redis_cluster.wait_until_stable()
+    for use_shards in (True, False):
+        async with open_cluster(redis_cluster_hosts) as client:
+            client._use_shards = use_shards
+            await client.refresh_topology()
+            primaries = [config.address for config in await client.primaries()]
+            assert sorted(primaries, key=str) == sorted(
+                (TCPAddress(*node.address) for node in redis_cluster.primaries()), key=str
+            )
+
+
 def test_valkey_reports_its_own_version(redis_server: RedisServer) -> None:
     info = redis_server.info("server")
     if "valkey_version" not in info:

@@ -542,7 +542,11 @@ class ClusterClient:
     async def primaries(self) -> list[ServerConfig]:
         """The primaries that serve slots, per the current topology (discovered if needed)."""
         await self._ensure_topology()
-        return [ServerConfig(shard.primary, self.options) for shard in self._shards]
+        # Once each: CLUSTER SLOTS gives a primary serving several slot ranges once per range.
+        primaries = dict.fromkeys(
+            ServerConfig(shard.primary, self.options) for shard in self._shards
+        )
+        return list(primaries)
 
     @property
     def seeds(self) -> tuple[TCPAddress, ...]:

@@ -88,7 +88,7 @@ class GroupInfo:
     ttl: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Snapshot:
     """What :func:`read_snapshot` found under one prefix."""
 
@@ -106,6 +106,14 @@ class Snapshot:
     taken_at: float
     #: Seconds the reading took.
     elapsed: float = field(default=0.0)
+
+    def __repr__(self) -> str:
+        # Short: asyncio's runner formats the main task's result when it exits, and the
+        # full repr of 100,000 keys took a second.
+        return (
+            f"<Snapshot prefix={self.prefix!r} servers={len(self.servers)} "
+            f"channels={len(self.channels)} groups={len(self.groups)}>"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -315,6 +315,29 @@ async def test_cli_dead(redis_server: RedisServer, redis_url: str) -> None:
     assert "specific.gone!x" not in result.stdout
 
 
+def test_cli_output_piped_into_a_reader_that_stops(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    now = time.time()
+    redis_server.execute(
+        "ZADD", "asgi:group:big", *[x for i in range(3000) for x in (now, f"c{i}")]
+    )
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "anyio_layer", "inspect", "--json", "--hosts", redis_url]
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": path},
+    ) as process:
+        assert process.stdout is not None
+        assert process.stdout.read(10)
+        process.stdout.close()  # as `| head` does
+        assert process.wait(timeout=60) == 0
+        assert process.stderr is not None
+        assert process.stderr.read() == b""
+
+
 def test_cli_on_a_cluster(redis_cluster_hosts: list[str]) -> None:
     result = run_cli("summary", "--json", "--hosts", ",".join(redis_cluster_hosts))
     assert result.returncode == 0, result.stderr

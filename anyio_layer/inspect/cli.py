@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -219,7 +220,7 @@ def _render(sections: dict[str, Any], limit: int | None, titled: bool) -> str:
         if name == "summary":
             width = max(map(len, content))
             text = "\n".join(
-                f"{key.replace('_', ' ') + ':':<{width + 2}}{report._cell(key, value)}"
+                f"{key.replace('_', ' ') + ':':<{width + 2}}{report.format_cell(key, value)}"
                 for key, value in content.items()
             )
         elif name == "dead":
@@ -279,11 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.limit is not None:
             sections = {name: _limited(name, value, args.limit) for name, value in sections.items()}
         content = sections if args.command == "inspect" else sections[args.command]
-        json.dump(content, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        text = json.dumps(content, indent=2)
     else:
         limit = 50 if args.limit is None else args.limit
-        print(_render(sections, limit, titled=args.command == "inspect"))
+        text = _render(sections, limit, titled=args.command == "inspect")
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `anyio-layer channels | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "channels",
     "dead",
     "format_age",
+    "format_cell",
     "format_table",
     "groups",
     "processes",
@@ -209,7 +210,8 @@ def format_age(seconds: float | None) -> str:
     return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
-def _cell(column: str, value: object) -> str:
+def format_cell(column: str, value: object) -> str:
+    """One table cell: ages and TTLs as durations, None as ``-``, lists joined."""
     if value is None:
         return "-"
     if column.endswith("age") or column == "ttl":
@@ -232,7 +234,7 @@ def format_table(
     if not rows:
         return empty
     shown = rows if limit is None else rows[:limit]
-    cells = [[_cell(column, row.get(column)) for column in columns] for row in shown]
+    cells = [[format_cell(column, row.get(column)) for column in columns] for row in shown]
     header = [column.upper().replace("_", " ") for column in columns]
     widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(columns))]
     numeric = [

@@ -240,7 +240,14 @@ def redis(cluster: bool) -> Iterator[str]:
     """``$REDIS_URL``, or a private redis-server (or cluster) for the duration of the block."""
     url = os.environ.get("REDIS_URL")
     if url:
-        print(f"using Redis at {url} ($REDIS_URL)")
+        import anyio
+        from redis_check import RedisUnavailable, check_redis, redacted
+
+        try:
+            anyio.run(lambda: check_redis(url, source="$REDIS_URL"))
+        except RedisUnavailable as exc:
+            raise DemoError(f"{exc} Or unset REDIS_URL to use a private Redis.") from None
+        print(f"using Redis at {redacted(url)} ($REDIS_URL)")
         yield url
         return
     from anyio_layer.testing import RedisServer, RedisServerError

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,27 @@ from starlette.websockets import WebSocket
 
 from anyio_layer import LayerChannel, QueueLayer, RedisError, open_redis_layer
 
+# examples/: the page and the start-up check are shared by the examples.
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent
+sys.path.append(str(EXAMPLES_DIR))
+from redis_check import require_redis  # noqa: E402
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-PAGE = (Path(__file__).parent.parent / "chat.html").read_text()  # shared by the examples
+PAGE = (EXAMPLES_DIR / "chat.html").read_text()
 ROOM = re.compile(r"[-A-Za-z0-9_.]{1,80}")
 MAX_TEXT = 1000
 MAX_USER = 40
+
+
+# Check Redis when the server loads the app, before it listens: a wrong REDIS_URL
+# stops it with one line on stderr (and status 1) rather than a traceback from
+# the lifespan, or a page that cannot join its room.
+require_redis(
+    REDIS_URL,
+    "starlette chat",
+    source="$REDIS_URL" if "REDIS_URL" in os.environ else "the default",
+    hint="Or run examples/demo.py --example starlette, which starts a private one.",
+)
 
 
 @contextlib.asynccontextmanager

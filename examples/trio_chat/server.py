@@ -38,11 +38,16 @@ from hypercorn.trio import serve
 
 from anyio_layer import LayerChannel, QueueLayer, RedisError, open_redis_layer
 
+# examples/: the page and the start-up check are shared by the examples.
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent
+sys.path.append(str(EXAMPLES_DIR))
+from redis_check import RedisUnavailable, check_redis  # noqa: E402
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-PAGE = (Path(__file__).parent.parent / "chat.html").read_bytes()  # shared by the examples
+PAGE = (EXAMPLES_DIR / "chat.html").read_bytes()
 ROOM = r"(?P<room>[-A-Za-z0-9_.]{1,80})"
 PAGE_PATH = re.compile(rf"/|/room/{ROOM}/")
 SOCKET_PATH = re.compile(rf"/ws/chat/{ROOM}/")
@@ -169,7 +174,11 @@ async def stop_on_signals(stopping: trio.Event, quiet: bool) -> None:
             return
 
 
-async def main(host: str, port: int, redis_url: str, quiet: bool = False) -> None:
+async def main(
+    host: str, port: int, redis_url: str, quiet: bool = False, source: str = "$REDIS_URL"
+) -> None:
+    """Serve until SIGINT or SIGTERM; raise RedisUnavailable first if Redis cannot be used."""
+    await check_redis(redis_url, source=source)
     stopping = trio.Event()
     config = Config()
     config.bind = [f"{host}:{port}"]
@@ -187,16 +196,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default %(default)s)")
     parser.add_argument(
         "--redis-url",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"),
-        help="the Redis server all processes share (default: $REDIS_URL, else %(default)s)",
+        default=None,
+        help="the Redis server all processes share (default: $REDIS_URL, else redis://127.0.0.1:6379)",
     )
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.redis_url is not None:
+        args.redis_source = "--redis-url"
+    elif "REDIS_URL" in os.environ:
+        args.redis_url, args.redis_source = os.environ["REDIS_URL"], "$REDIS_URL"
+    else:
+        args.redis_url, args.redis_source = "redis://127.0.0.1:6379", "the default"
+    return args
 
 
 if __name__ == "__main__":
     args = parse_args()
     try:
-        trio.run(main, args.host, args.port, args.redis_url, args.quiet)
+        trio.run(main, args.host, args.port, args.redis_url, args.quiet, args.redis_source)
+    except RedisUnavailable as exc:
+        print(
+            f"trio chat: {exc} Or run examples/demo.py --example trio, which starts a private one.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
         pass

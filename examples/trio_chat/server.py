@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -53,6 +54,15 @@ PAGE_PATH = re.compile(rf"/|/room/{ROOM}/")
 SOCKET_PATH = re.compile(rf"/ws/chat/{ROOM}/")
 MAX_TEXT = 1000
 MAX_USER = 40
+#: Seconds between two renewals of a socket's room membership. Renewing finds
+#: out that Redis is gone (the socket is closed and the page reconnects) and
+#: restores a membership that a Redis restart has forgotten.
+MEMBERSHIP_REFRESH = 3.0
+#: Close code for "Redis cannot be reached" (the same in every example).
+REDIS_UNREACHABLE = 4500
+NO_REDIS = "the chat server cannot reach Redis"
+
+logger = logging.getLogger("chat")
 
 
 class ChatApp:
@@ -101,31 +111,37 @@ class ChatApp:
         async def send_json(event: dict[str, Any]) -> None:
             await send({"type": "websocket.send", "text": json.dumps(event)})
 
-        joined = False
         try:
             async with self.layer.open_channel(f"chat.{room}") as channel:
-                joined = True
                 await send({"type": "websocket.accept"})
                 await send_json({"type": "joined", "room": room, "server": server})
+                lost: list[str] = []  # why Redis was lost, in words for the page
                 client_left = False
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.relay_room, channel, send_json)
+                    nursery.start_soon(self.keep_membership, channel, room, lost, nursery)
                     nursery.start_soon(self.cancel_when_stopping, nursery.cancel_scope)
-                    client_left = await self.relay_client(room, server, receive, send_json)
+                    client_left = await self.relay_client(room, server, receive, lost)
                     nursery.cancel_scope.cancel()
-                if not client_left:  # the server is stopping
+                if lost:
+                    await self.redis_lost(send, send_json, lost[0])
+                elif not client_left:  # the server is stopping
                     await send({"type": "websocket.close", "code": 1001})
-        except RedisError as exc:
-            if joined:
-                raise
-            # Redis is unreachable: say so in the page's log, then close with an
-            # application code (4000-4999), the same in every example.
+        except RedisError as exc:  # from open_channel: the room could not be joined
+            logger.warning("cannot join room %r: %s", room, exc)
             await send({"type": "websocket.accept"})
-            await send_json({"type": "error", "text": f"cannot join the room: {exc}"})
-            await send({"type": "websocket.close", "code": 4500})
+            await self.redis_lost(send, send_json, f"cannot join the room: {NO_REDIS}")
 
-    async def relay_client(self, room: str, server: str, receive: Receive, send_json: Send) -> bool:
-        """Send what the browser types to the room; return True when the browser leaves."""
+    async def redis_lost(self, send: Send, send_json: Send, text: str) -> None:
+        """Tell the page in plain words, then close with an application code: it reconnects."""
+        await send_json({"type": "error", "text": text})
+        await send({"type": "websocket.close", "code": REDIS_UNREACHABLE})
+
+    async def relay_client(self, room: str, server: str, receive: Receive, lost: list[str]) -> bool:
+        """Send what the browser types to the room; return True when the browser leaves.
+
+        Return False, with the reason in ``lost``, when a line cannot be sent.
+        """
         while True:
             event = await receive()
             if event["type"] == "websocket.disconnect":
@@ -143,8 +159,10 @@ class ChatApp:
             message = {"type": "chat.message", "room": room, "user": user, "text": text}
             try:
                 await self.layer.group_send(f"chat.{room}", {**message, "server": server})
-            except RedisError as exc:  # Redis is unreachable: tell this user, keep the socket
-                await send_json({"type": "error", "text": f"not sent: {exc}"})
+            except RedisError as exc:
+                logger.warning("cannot send to room %r: %s", room, exc)
+                lost.append(f"not sent: {NO_REDIS}")
+                return False
 
     async def relay_room(self, channel: LayerChannel, send_json: Send) -> None:
         """Send every line said in the room, by anyone on any process, to the browser."""
@@ -159,6 +177,20 @@ class ChatApp:
                         "server": message.get("server", "?"),
                     }
                 )
+
+    async def keep_membership(
+        self, channel: LayerChannel, room: str, lost: list[str], nursery: trio.Nursery
+    ) -> None:
+        """Renew the room membership every few seconds; when that fails, end the socket's tasks."""
+        while True:
+            await trio.sleep(MEMBERSHIP_REFRESH)
+            try:
+                await channel.group_add(f"chat.{room}")
+            except RedisError as exc:
+                logger.warning("lost Redis while in room %r: %s", room, exc)
+                lost.append(f"disconnected: {NO_REDIS}")
+                nursery.cancel_scope.cancel()
+                return
 
     async def cancel_when_stopping(self, scope: trio.CancelScope) -> None:
         await self.stopping.wait()
@@ -212,6 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         trio.run(main, args.host, args.port, args.redis_url, args.quiet, args.redis_source)
     except RedisUnavailable as exc:

@@ -207,7 +207,7 @@ def test_help() -> None:
     assert "--ports" in result.stdout
 
 
-@pytest.mark.parametrize("example", ["django", "trio"])
+@pytest.mark.parametrize("example", ["django", "trio", "starlette"])
 def test_runs_for_duration(run_demo: object, example: str) -> None:
     ports = free_port(), free_port()
     demo = run_demo(  # type: ignore[operator]

@@ -1,4 +1,4 @@
-"""All the chat servers at once: they share rooms, and they survive an unreachable Redis."""
+"""All the chat servers at once: they share rooms, need Redis to start, and ride out losing it."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Each chat server (and ``demo.py``) calls it before serving, so a wrong
 ``REDIS_URL`` stops it at once with one line on stderr, for example::
 
-    trio chat: cannot use Redis at redis://127.0.0.1:1 ($REDIS_URL): connection refused.
+    django chat: cannot use Redis at redis://127.0.0.1:1 ($REDIS_URL): connection refused.
     Is a Redis server running there? Or run examples/demo.py, which starts a private one.
 
 (one line in the terminal) instead of a page that later says it cannot join
@@ -60,14 +60,18 @@ def redacted(url: str) -> str:
 
 def _os_error(exc: BaseException) -> OSError | None:
     """The operating system's error underneath ``exc`` (through causes and groups), if any."""
-    seen: list[BaseException] = [exc]
-    while seen:
-        current = seen.pop()
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
         if isinstance(current, OSError) and current.errno is not None:
             return current
         if current.__cause__ is not None:
-            seen.append(current.__cause__)
-        seen.extend(getattr(current, "exceptions", ()))
+            pending.append(current.__cause__)
+        pending.extend(getattr(current, "exceptions", ()))
     return None
 
 

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -258,7 +259,7 @@ def test_stops_on_signal(run_demo: object, how: str) -> None:
     assert "could not remove" not in demo.stderr, demo.describe()
 
 
-@pytest.mark.parametrize("problem", ["nothing listening", "wrong password"])
+@pytest.mark.parametrize("problem", ["nothing listening", "wrong password", "no answer"])
 def test_unusable_redis_url_stops_the_demo_at_once(run_demo: object, problem: str) -> None:
     """``REDIS_URL`` is checked first: one line says which URL, why, and what to try."""
     with contextlib.ExitStack() as stack:
@@ -266,6 +267,11 @@ def test_unusable_redis_url_stops_the_demo_at_once(run_demo: object, problem: st
             port = free_port()
             url, shown = f"redis://127.0.0.1:{port}", f"redis://127.0.0.1:{port}"
             why = "connection refused. Is a Redis server running there?"
+        elif problem == "no answer":  # the kernel accepts the connection; nobody answers
+            silent = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+            port = silent.getsockname()[1]
+            url, shown = f"redis://127.0.0.1:{port}", f"redis://127.0.0.1:{port}"
+            why = "no answer within 5 s. Are the host and port right, and reachable?"
         else:
             server = RedisServer.launch(password="right-password")
             stack.callback(server.close)

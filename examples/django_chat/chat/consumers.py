@@ -72,6 +72,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.refresher = asyncio.create_task(self.keep_membership())
 
     async def keep_membership(self) -> None:
+        """Renew the room membership every few seconds; when that fails, close the socket."""
         while True:
             await asyncio.sleep(MEMBERSHIP_REFRESH)
             try:
@@ -87,7 +88,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.close(code=REDIS_UNREACHABLE)
 
     async def disconnect(self, code: int) -> None:
-        if self.refresher is not None and self.refresher is not asyncio.current_task():
+        if self.refresher is not None:
             self.refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.refresher

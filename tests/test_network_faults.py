@@ -280,6 +280,57 @@ async def test_queue_blocked_receivers_recover_after_heal(
     ledger.check()
 
 
+async def test_queue_layer_with_blocked_receivers_exits_under_a_blackhole(
+    anyio_backend: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Leaving the layer while its receivers are blocked behind a blackhole is still bounded.
+
+    What was buffered but not received goes back to Redis if it can, and
+    nothing that reached Redis is lost: the next layer gets it.
+    """
+    ledger = Ledger()
+    async with no_leftovers(anyio_backend) as stack:
+        proxy = await proxy_to(stack, redis_server)
+        sender = await queue_layer(stack, [redis_url])
+        async with open_redis_layer(hosts=through(proxy)) as receiver:
+            local = await receiver.new_channel()
+            async with anyio.create_task_group() as receivers:
+                receivers.start_soon(receiver.receive, local)
+                receivers.start_soon(receiver.receive, "worker")
+                await wait_for(lambda: blocked_clients(redis_server) == 2)
+                proxy.blackhole()
+                await anyio.sleep(0.2)
+                receivers.cancel_scope.cancel()  # cancelled behind the blackhole
+            started = anyio.current_time()
+        elapsed = anyio.current_time() - started
+        assert elapsed < EXIT_BOUND
+        proxy.heal()
+        # The server-side blocked pops are gone with their connections; the
+        # worker queue is served by the next receiver.
+        await wait_for(lambda: blocked_clients(redis_server) == 0, timeout=RECOVERY_BOUND)
+        await ledger.send(sender, "worker")
+        await ledger.receive_all(sender, "worker", {0})
+    ledger.check()
+
+
+async def test_pubsub_layer_exits_under_a_blackhole(
+    anyio_backend: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    async with no_leftovers(anyio_backend) as stack:
+        proxy = await proxy_to(stack, redis_server)
+        async with open_pubsub_layer(hosts=through(proxy)) as receiver:
+            channel = await subscribe(receiver, redis_server)
+            await receiver.group_add("room", channel)
+            async with anyio.create_task_group() as receivers:
+                receivers.start_soon(receiver.receive, channel)
+                proxy.blackhole()
+                await anyio.sleep(0.2)
+                receivers.cancel_scope.cancel()
+            started = anyio.current_time()
+        assert anyio.current_time() - started < EXIT_BOUND
+        proxy.heal()
+
+
 @pytest.mark.slow
 async def test_queue_blocked_read_notices_a_blackhole(
     anyio_backend: str, redis_url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture

@@ -477,6 +477,36 @@ async def test_queue_refused(anyio_backend: str, redis_url: str, redis_server: R
     ledger.check()
 
 
+async def test_queue_receivers_ride_out_refused_connections(
+    anyio_backend: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Receivers whose connections are reset and refused for a while resume on their own."""
+    ledger = Ledger()
+    async with no_leftovers(anyio_backend) as stack:
+        proxy = await proxy_to(stack, redis_server)
+        sender = await queue_layer(stack, [redis_url])
+        receiver = await queue_layer(stack, through(proxy))
+        local = await receiver.new_channel()
+        got: dict[str, list[int]] = {local: [], "worker": []}
+
+        async def receive_one(channel: str) -> None:
+            got[channel].append(await ledger.receive(receiver, channel))
+
+        async with anyio.create_task_group() as receivers:
+            receivers.start_soon(receive_one, local)
+            receivers.start_soon(receive_one, "worker")
+            await wait_for(lambda: blocked_clients(redis_server) == 2)
+            proxy.refuse()
+            proxy.reset()
+            await wait_for(lambda: proxy.statistics().connections_refused >= 2)
+            sent = [await ledger.send(sender, channel) for channel in (local, "worker")]
+            await anyio.sleep(0.5)
+            assert got == {local: [], "worker": []}
+            proxy.heal()
+        assert got == {local: [sent[0]], "worker": [sent[1]]}
+    ledger.check()
+
+
 async def test_queue_large_messages_through_a_narrow_link(
     anyio_backend: str, redis_url: str, redis_server: RedisServer
 ) -> None:
@@ -642,6 +672,30 @@ async def test_pubsub_reply_cut_mid_way(
     ledger.check()
 
 
+async def test_pubsub_subscriber_message_cut_mid_way(
+    anyio_backend: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """A published message cut on its way to the subscriber is lost whole, never half delivered."""
+    ledger = Ledger()
+    blob = b"z" * 200_000
+    async with no_leftovers(anyio_backend) as stack:
+        proxy = await proxy_to(stack, redis_server)
+        sender = await pubsub_layer(stack, [redis_url])
+        receiver = await pubsub_layer(stack, through(proxy))
+        channel = await subscribe(receiver, redis_server)
+        await ledger.send(sender, channel)
+        await ledger.receive_all(receiver, channel, {0})
+        proxy.cut_replies(after=1000)
+        cut = await ledger.send(sender, channel, blob=blob)
+        await wait_for_marker(ledger, receiver, channel, ON_DISCONNECT)
+        await wait_for_marker(ledger, receiver, channel, ON_RECONNECT)
+        after = await ledger.send(sender, channel, blob=blob)
+        await ledger.receive_all(receiver, channel, {after})
+        assert cut not in ledger.received  # published while the subscriber was going down
+        assert receiver.statistics().decode_errors == 0
+    ledger.check(exactly_once={0, after})
+
+
 async def test_pubsub_reset(anyio_backend: str, redis_url: str, redis_server: RedisServer) -> None:
     """Resets fail the sends in flight; a reset subscriber reports the gap and resubscribes."""
     ledger = Ledger()
@@ -690,6 +744,34 @@ async def test_pubsub_refused(
         proxy.heal()
         await ledger.send_eventually(sender, channel)
         await ledger.receive_all(receiver, channel, ledger.accepted)
+    ledger.check()
+
+
+async def test_pubsub_subscriber_rides_out_refused_connections(
+    anyio_backend: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """A subscriber reset and refused for a while reports the gap and resubscribes on its own."""
+    ledger = Ledger()
+    async with no_leftovers(anyio_backend) as stack:
+        proxy = await proxy_to(stack, redis_server)
+        sender = await pubsub_layer(stack, [redis_url])
+        receiver = await pubsub_layer(stack, through(proxy))
+        channel = await subscribe(receiver, redis_server)
+        await receiver.group_add("room", channel)
+        proxy.refuse()
+        proxy.reset()
+        await wait_for_marker(ledger, receiver, channel, ON_DISCONNECT)
+        await wait_for(lambda: proxy.statistics().connections_refused >= 2)
+        proxy.heal()
+        await wait_for_marker(ledger, receiver, channel, ON_RECONNECT)
+        after = {await ledger.send(sender, channel)}
+        await sender.group_send("room", {"type": "test.message", "n": ledger.next_id})
+        ledger.accepted.add(ledger.next_id)
+        after.add(ledger.next_id)
+        ledger.next_id += 1
+        await ledger.receive_all(receiver, channel, after)
+        stats = receiver.statistics()
+        assert stats.disconnects == stats.reconnects == 1
     ledger.check()
 
 

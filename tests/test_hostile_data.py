@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.abc
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
@@ -294,3 +295,39 @@ async def test_pubsub_skips_undecodable_messages(
     stats = receiver.statistics()
     assert stats.decode_errors == 1
     assert stats.disconnects == 0
+
+
+# -- a hostile server ---------------------------------------------------------------------
+
+
+#: A message push for a channel name that is not UTF-8: no real Redis sends this to a
+#: client that never subscribed such a name, so this one case needs a fake server.
+NON_UTF8_PUSH = b"*3\r\n$7\r\nmessage\r\n$2\r\n\xff\xfe\r\n$1\r\nx\r\n"
+
+
+async def test_pubsub_survives_a_server_sending_non_utf8_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The subscriber drops such a connection (ProtocolError) and retries; the layer lives."""
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            try:
+                await stream.receive()
+                await stream.send(b":7\r\n")  # the handshake's CLIENT ID
+                while True:
+                    await stream.receive()
+                    await stream.send(NON_UTF8_PUSH)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as server:
+            server.start_soon(listener.serve, serve)
+            async with open_pubsub_layer(hosts=[f"redis://127.0.0.1:{port}"]) as layer:
+                with anyio.move_on_after(0.5) as waiting:
+                    await layer.new_channel()  # never confirmed by this server
+                assert waiting.cancelled_caught
+            server.cancel_scope.cancel()
+    assert any("not UTF-8" in record.getMessage() for record in caplog.records)

@@ -14,7 +14,7 @@ redis-server, under asyncio and trio, and breaks the network in one way:
 * a narrow link: 1 MB messages still go through.
 
 After every case the layer's ``async with`` exits within :data:`EXIT_BOUND`,
-no asyncio task outlives the layers and proxies, and every message that
+no task (asyncio's or trio's) outlives the layers and proxies, and every message that
 ``send()`` accepted was received exactly once (a message whose ``send()``
 failed may or may not have been delivered, but never twice). On pub/sub,
 where messages published while a subscriber is disconnected are gone by
@@ -147,6 +147,22 @@ class Ledger:
         assert not missing, f"accepted but never received: {sorted(missing)}"
 
 
+def all_tasks(anyio_backend: str) -> set[object]:
+    """Every task of the event loop that has not finished."""
+    if anyio_backend == "asyncio":
+        return {task for task in asyncio.all_tasks() if not task.done()}
+    import trio
+
+    tasks: set[object] = set()
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        if task is not None:
+            tasks.add(task)
+            pending += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return tasks
+
+
 @contextlib.asynccontextmanager
 async def no_leftovers(
     anyio_backend: str, bound: float = 60.0
@@ -154,10 +170,10 @@ async def no_leftovers(
     """An exit stack for proxies and layers; checks that nothing outlives it.
 
     Leaving it closes what was entered (layers before their proxies), which
-    must take less than :data:`EXIT_BOUND`; on asyncio, no task created inside
-    is left afterwards. The whole block must end within ``bound`` seconds.
+    must take less than :data:`EXIT_BOUND`; afterwards no task started inside
+    is left, on either backend. The whole block must end within ``bound`` seconds.
     """
-    before = set(asyncio.all_tasks()) if anyio_backend == "asyncio" else set()
+    before = all_tasks(anyio_backend)
     with anyio.fail_after(bound):
         async with contextlib.AsyncExitStack() as stack:
             yield stack
@@ -166,10 +182,9 @@ async def no_leftovers(
             await stack.aclose()
             elapsed = anyio.current_time() - started
             assert elapsed < EXIT_BOUND, f"leaving the layers took {elapsed:.1f} s"
-    if anyio_backend == "asyncio":
-        await anyio.lowlevel.checkpoint()  # let finished tasks be reaped
-        left = {task for task in asyncio.all_tasks() - before if not task.done()}
-        assert not left, f"tasks outlived the layers: {left}"
+    await anyio.lowlevel.checkpoint()  # let finished tasks be reaped
+    left = all_tasks(anyio_backend) - before
+    assert not left, f"tasks outlived the layers: {left}"
 
 
 async def proxy_to(stack: contextlib.AsyncExitStack, server: RedisServer) -> FaultProxy:

@@ -221,7 +221,13 @@ class LocalReaders:
                         entries = popped_entries(reply)
                     else:
                         entries = await self._pop_legacy(server, key, on_cancelled_reply)
-            except (*REDIS_AWAY, ResponseError) as exc:  # WRONGTYPE: a foreign key; wait
+            except REDIS_AWAY as exc:
+                await retry.wait(f"reader for {local_key!r}", exc)
+                continue
+            except ResponseError as exc:
+                if exc.code != "WRONGTYPE":
+                    raise
+                # Another client put something else under the key: wait until it is gone.
                 await retry.wait(f"reader for {local_key!r}", exc)
                 continue
             retry.reset()

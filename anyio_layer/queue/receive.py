@@ -101,7 +101,13 @@ class NormalReceivers:
                     reply = await server.execute_blocking(
                         "BZPOPMIN", key, BLOCK_SECONDS, on_cancelled_reply=on_cancelled_reply
                     )
-            except (*REDIS_AWAY, ResponseError) as exc:  # WRONGTYPE: a foreign key; wait
+            except REDIS_AWAY as exc:
+                await retry.wait(f"receive({channel!r})", exc)
+                continue
+            except ResponseError as exc:
+                if exc.code != "WRONGTYPE":
+                    raise
+                # Another client put something else under the key: wait until it is gone.
                 await retry.wait(f"receive({channel!r})", exc)
                 continue
             retry.reset()

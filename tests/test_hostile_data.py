@@ -12,6 +12,11 @@ logged and counted in ``statistics().decode_errors``; the reader task keeps
 running, ``receive()`` keeps waiting, and the next good message arrives.
 Tested for process-local and normal channels of the queue layer, for pub/sub
 channels and groups, under asyncio and trio, against a real redis-server.
+
+Last, what no real server sends (RESP garbage or non-numeric scores in pop
+replies, a channel name that is not UTF-8 on a subscriber connection), from a
+small fake server: the connection is dropped or the reply refused as a
+``ProtocolError``, receivers wait, and the layer goes on.
 """
 
 from __future__ import annotations
@@ -300,8 +305,9 @@ async def test_pubsub_skips_undecodable_messages(
 # -- a hostile server ---------------------------------------------------------------------
 
 
-#: A message push for a channel name that is not UTF-8: no real Redis sends this to a
-#: client that never subscribed such a name, so this one case needs a fake server.
+#: A message push for a channel name that is not UTF-8. No real Redis sends this to a
+#: client that never subscribed such a name (nor the replies below): these cases need a
+#: fake server.
 NON_UTF8_PUSH = b"*3\r\n$7\r\nmessage\r\n$2\r\n\xff\xfe\r\n$1\r\nx\r\n"
 
 
@@ -331,3 +337,46 @@ async def test_pubsub_survives_a_server_sending_non_utf8_names(
                 assert waiting.cancelled_caught
             server.cancel_scope.cancel()
     assert any("not UTF-8" in record.getMessage() for record in caplog.records)
+
+
+#: Replies to the pops (after the handshake) that no real Redis sends, by kind of channel:
+#: process-local channels are read with BZMPOP, normal ones with BZPOPMIN.
+HOSTILE_POP_REPLIES: dict[str, dict[str, bytes]] = {
+    "not-resp": {"local": b"?garbage\r\n", "normal": b"?garbage\r\n"},
+    "score-not-a-number": {
+        "local": b"*2\r\n$1\r\nk\r\n*1\r\n*2\r\n$1\r\nm\r\n$3\r\nabc\r\n",
+        "normal": b"*3\r\n$1\r\nk\r\n$1\r\nm\r\n$3\r\nabc\r\n",
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["local", "normal"])
+@pytest.mark.parametrize("reply", HOSTILE_POP_REPLIES)
+async def test_queue_receivers_survive_a_server_sending_garbage_to_pops(
+    caplog: pytest.LogCaptureFixture, reply: str, kind: str
+) -> None:
+    """Receivers wait out a server that answers pops with garbage; the layer lives."""
+    answer = HOSTILE_POP_REPLIES[reply][kind]
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            try:
+                await stream.receive()
+                await stream.send(b":7\r\n")  # the handshake's CLIENT ID
+                while True:
+                    await stream.receive()
+                    await stream.send(answer)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as server:
+            server.start_soon(listener.serve, serve)
+            async with open_redis_layer(hosts=[f"redis://127.0.0.1:{port}"]) as layer:
+                channel = await layer.new_channel() if kind == "local" else "worker"
+                with anyio.move_on_after(0.5) as waiting:
+                    await layer.receive(channel)
+                assert waiting.cancelled_caught
+            server.cancel_scope.cancel()
+    assert any("waiting for Redis" in record.getMessage() for record in caplog.records)

@@ -47,7 +47,13 @@ import anyio
 import anyio.abc
 
 from ..common.channels import LocalBuffer
-from ..exceptions import LayerClosedError, MessageDecodeError, RedisError, ResponseError
+from ..exceptions import (
+    LayerClosedError,
+    MessageDecodeError,
+    ProtocolError,
+    RedisError,
+    ResponseError,
+)
 from ..messages import non_local_name
 from .codec import RESERVED_KEY, MessageCodec
 from .keyspace import KeyServer, KeySpace
@@ -221,7 +227,7 @@ class LocalReaders:
                         entries = popped_entries(reply)
                     else:
                         entries = await self._pop_legacy(server, key, on_cancelled_reply)
-            except REDIS_AWAY as exc:
+            except (*REDIS_AWAY, ProtocolError) as exc:  # a server sending garbage: wait
                 await retry.wait(f"reader for {local_key!r}", exc)
                 continue
             except ResponseError as exc:

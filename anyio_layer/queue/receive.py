@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from ..exceptions import MessageDecodeError, ResponseError
+from ..exceptions import MessageDecodeError, ProtocolError, ResponseError
 from .codec import RESERVED_KEY, MessageCodec
 from .keyspace import KeySpace
 from .popping import BLOCK_GRACE, BLOCK_SECONDS, REDIS_AWAY, RetryDelay, put_back
@@ -101,7 +101,8 @@ class NormalReceivers:
                     reply = await server.execute_blocking(
                         "BZPOPMIN", key, BLOCK_SECONDS, on_cancelled_reply=on_cancelled_reply
                     )
-            except REDIS_AWAY as exc:
+                entry = popped_entry(reply)
+            except (*REDIS_AWAY, ProtocolError) as exc:  # a server sending garbage: wait
                 await retry.wait(f"receive({channel!r})", exc)
                 continue
             except ResponseError as exc:
@@ -111,7 +112,6 @@ class NormalReceivers:
                 await retry.wait(f"receive({channel!r})", exc)
                 continue
             retry.reset()
-            entry = popped_entry(reply)
             if entry is None:
                 continue
             member, score = entry

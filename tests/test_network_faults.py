@@ -252,6 +252,16 @@ async def test_queue_blackhole_fails_senders_in_time_and_exits(
         await ledger.send(sender, local)
         await ledger.send(sender, "worker")
         proxy.blackhole()
+        # Concurrent sends waiting on the shared connection all fail by its deadline...
+        started = anyio.current_time()
+        async with anyio.create_task_group() as senders:
+            for channel in (local, "worker") * 5:
+                senders.start_soon(
+                    lambda c=channel: ledger.send(sender, c, expect=RedisTimeoutError)
+                )
+        assert anyio.current_time() - started < SOCKET_TIMEOUT + 2
+        # ... and later ones by a new connection's connect deadline (or at once, while
+        # the pool backs off from that failure).
         for channel in (local, "worker"):
             elapsed = await timed(ledger.send(sender, channel, expect=RedisTimeoutError))
             assert elapsed < SOCKET_TIMEOUT + 2

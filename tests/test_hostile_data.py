@@ -165,6 +165,25 @@ async def test_queue_skips_messages_encrypted_with_another_key(
     assert receiver.statistics().decode_errors == 1
 
 
+@pytest.mark.parametrize("kind", ["local", "normal"])
+@pytest.mark.parametrize("writer_keys", [OTHER_KEYS, None], ids=["other-key", "clear-text"])
+async def test_encrypted_queue_layer_skips_messages_it_cannot_decrypt(
+    redis_server: RedisServer, redis_url: str, writer_keys: list[str] | None, kind: str
+) -> None:
+    """A layer with keys drops what another key encrypted, and what came in clear text."""
+    keys = ["the-key-of-this-deployment-0123456789abcdef"]
+    async with (
+        open_redis_layer(hosts=[redis_url], symmetric_encryption_keys=keys) as receiver,
+        open_redis_layer(hosts=[redis_url], symmetric_encryption_keys=keys) as sender,
+        open_redis_layer(hosts=[redis_url], symmetric_encryption_keys=writer_keys) as other,
+    ):
+        channel = await receiver.new_channel() if kind == "local" else "worker"
+        message = {"type": "test.secret", RESERVED_KEY: channel} if kind == "local" else GOOD
+        poison = other.serializer.serialize(message)
+        await poison_then_good(redis_server, receiver, sender, channel, poison)
+        assert receiver.statistics().decode_errors == 1
+
+
 @pytest.mark.parametrize("name", UNROUTABLE)
 async def test_queue_skips_local_messages_naming_no_channel(
     redis_server: RedisServer, queue_layers: tuple[QueueLayer, QueueLayer], name: str
@@ -300,6 +319,24 @@ async def test_pubsub_skips_undecodable_messages(
     stats = receiver.statistics()
     assert stats.decode_errors == 1
     assert stats.disconnects == 0
+
+
+@pytest.mark.parametrize("writer_keys", [OTHER_KEYS, None], ids=["other-key", "clear-text"])
+async def test_encrypted_pubsub_layer_skips_messages_it_cannot_decrypt(
+    redis_server: RedisServer, redis_url: str, writer_keys: list[str] | None
+) -> None:
+    keys = ["the-key-of-this-deployment-0123456789abcdef"]
+    async with (
+        open_pubsub_layer(hosts=[redis_url], symmetric_encryption_keys=keys) as receiver,
+        open_pubsub_layer(hosts=[redis_url], symmetric_encryption_keys=keys) as sender,
+        open_pubsub_layer(hosts=[redis_url], symmetric_encryption_keys=writer_keys) as other,
+    ):
+        channel = await receiver.new_channel()
+        await other.send(channel, {"type": "test.secret"})
+        await sender.send(channel, GOOD)
+        await receive_good(receiver, channel)
+        await assert_nothing_more(receiver, channel)
+        assert receiver.statistics().decode_errors == 1
 
 
 # -- a hostile server ---------------------------------------------------------------------

@@ -558,6 +558,32 @@ async def test_queue_large_messages_through_a_narrow_link(
     ledger.check()
 
 
+async def test_queue_large_send_slower_than_its_deadline(
+    anyio_backend: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """``socket_timeout`` covers sending the command too: a slow 1 MB send times out.
+
+    Its bytes may still be on their way (in socket buffers, here the
+    proxy's): such a send may be delivered anyway, once.
+    """
+    ledger = Ledger()
+    blob = b"x" * 1_000_000
+    async with no_leftovers(anyio_backend) as stack:
+        proxy = await proxy_to(stack, redis_server)
+        receiver = await queue_layer(stack, [redis_url])
+        sender = await queue_layer(stack, through(proxy))
+        await ledger.send(sender, "worker")
+        proxy.set_bandwidth(500_000)  # 2 s for the message, the deadline is 1 s
+        late = await ledger.send(sender, "worker", blob=blob, expect=RedisTimeoutError)
+        proxy.heal()
+        after = await ledger.send_eventually(sender, "worker")
+        await ledger.receive_all(receiver, "worker", {0, after})
+        with anyio.move_on_after(0.5):  # the late one may still be on its way
+            await ledger.receive(receiver, "worker")
+        assert ledger.received[late] <= 1
+    ledger.check()
+
+
 # -- the pub/sub layer ----------------------------------------------------------------
 
 

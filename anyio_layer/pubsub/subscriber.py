@@ -10,7 +10,10 @@ server, :class:`NodeSubscriber` the one to a primary of a Redis Cluster.
 It must NOT match replies or keep subscription state itself (the protocol
 does), nor decide where a name goes after a refusal, a dropped connection or
 a server-side unsubscribe: it reports those to its :class:`SubscriberOwner`
-(:mod:`anyio_layer.pubsub.placement`). Covered by
+(:mod:`anyio_layer.pubsub.placement`). A server that sends what no
+subscription can produce (a reply that is not RESP, out of order, or a name
+that is not UTF-8) gets its connection dropped with a ProtocolError and
+reconnected, like a connection that broke; the layer goes on. Covered by
 ``tests/test_pubsub_layer.py``, ``tests/test_cancellation_pubsub.py`` and
 ``tests/test_pubsub_cluster.py``.
 """
@@ -25,7 +28,7 @@ from typing import Final, Protocol
 import anyio
 import anyio.abc
 
-from ..exceptions import RedisConnectionError, RedisError
+from ..exceptions import ProtocolError, RedisConnectionError, RedisError
 from ..redis.cluster import ClusterClient, key_slot
 from ..redis.connection import Connection
 from ..redis.hosts import TCPAddress
@@ -222,8 +225,14 @@ class Subscriber:
                     data = await connection.receive_raw()
                     scope.deadline = anyio.current_time() + HEALTH_CHECK_INTERVAL
                     self._awaiting_ping = False
-                    for reply in connection.feed_and_drain(data):
-                        handle(reply)
+                    try:
+                        for reply in connection.feed_and_drain(data):
+                            handle(reply)
+                    except UnicodeDecodeError as exc:  # no name we subscribe is like that
+                        raise ProtocolError(
+                            f"subscriber connection to {self.label} sent a name that is "
+                            f"not UTF-8: {exc}"
+                        ) from None
                     while protocol.deferred:
                         verb, names = protocol.deferred.pop(0)
                         await self._write(verb, names)

@@ -189,7 +189,9 @@ class QueueLayer(ScopedChannels):
 
         Costs one round trip to read the members, then one per server (or
         cluster node) holding member channels, whatever the group's size. Members whose channel is
-        at capacity are skipped (and counted), never raising.
+        at capacity are skipped (and counted), never raising; so are members of the group's
+        set that are no valid channel name (written by another client; counted in
+        ``decode_errors``).
 
         If cancelled, each member either got the message or did not, independently
         (this layer's own channels have it once the members are read); the
@@ -214,8 +216,15 @@ class QueueLayer(ScopedChannels):
         # Members that are this layer's own channels get the message in memory;
         # the rest get one copy per Redis key, naming every member stored in it.
         targets: dict[bytes, list[str]] = {}
+        invalid = 0
         for member in members:
-            channel = member.decode() if isinstance(member, bytes) else str(member)
+            try:  # a foreign writer may have put anything in the group's set
+                channel = validate_channel_name(
+                    member.decode() if isinstance(member, bytes) else member
+                )
+            except (UnicodeDecodeError, InvalidChannelName):
+                invalid += 1
+                continue
             if is_process_local(channel) and self._is_own(channel):
                 if self._local.deliver(channel, plain, now):
                     self._counters.group_deliveries += 1
@@ -224,6 +233,9 @@ class QueueLayer(ScopedChannels):
                 continue
             key = self._keys.channel_key(channel)
             targets.setdefault(key, []).append(channel)
+        if invalid:
+            self._counters.decode_errors += invalid
+            logger.warning("group_send to %r skipped %d invalid member names", group, invalid)
         if not targets:
             return
 

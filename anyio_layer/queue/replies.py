@@ -1,11 +1,12 @@
 """Decoders for the replies the queue layer gets from Redis: scripts and pops.
 
 Owns turning a raw RESP reply into typed values; pure functions, no I/O, no
-state. A malformed script reply raises
-:class:`~anyio_layer.exceptions.ResponseError`; a pop reply that carries no
-element decodes to nothing (the pop timed out on the server), and one whose
-scores are not numbers raises :class:`~anyio_layer.exceptions.ProtocolError`
-(no Redis sends that; the pop loops wait it out like a broken connection). Covered through
+state. No Redis sends a reply of the wrong shape, but a broken or hostile
+server might: a script reply of the wrong shape raises
+:class:`~anyio_layer.exceptions.ProtocolError` to the caller; a pop reply
+that carries no element decodes to nothing (the pop timed out on the
+server), and one whose scores are not numbers raises ``ProtocolError``,
+which the pop loops wait out like a broken connection. Covered through
 ``tests/test_queue_layer.py`` (BZMPOP replies on Redis 7, BZPOPMIN and ZPOPMIN
 replies on 6.2).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from ..exceptions import ProtocolError, ResponseError
+from ..exceptions import ProtocolError
 
 __all__ = [
     "Entry",
@@ -33,14 +34,14 @@ def send_counts(reply: object) -> tuple[int, int]:
     """``(added, pruned)`` from the reply of :data:`~.scripts.SEND`."""
     if isinstance(reply, list) and len(reply) == 2 and all(isinstance(x, int) for x in reply):
         return reply[0], reply[1]
-    raise ResponseError(f"unexpected reply from the send script: {reply!r:.100}")
+    raise ProtocolError(f"unexpected reply from the send script: {reply!r:.100}")
 
 
 def group_send_counts(reply: object) -> tuple[int, int, int]:
     """``(added, skipped, pruned)`` from the reply of :data:`~.scripts.GROUP_SEND`."""
     if isinstance(reply, list) and len(reply) == 3 and all(isinstance(x, int) for x in reply):
         return reply[0], reply[1], reply[2]
-    raise ResponseError(f"unexpected reply from the group send script: {reply!r:.100}")
+    raise ProtocolError(f"unexpected reply from the group send script: {reply!r:.100}")
 
 
 def _score(value: object) -> float:

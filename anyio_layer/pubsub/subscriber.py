@@ -51,6 +51,10 @@ logger = logging.getLogger("anyio_layer")
 HEALTH_CHECK_INTERVAL: Final = 15.0
 #: The first delay before reconnecting (or re-placing), doubled up to MAX_BACKOFF.
 MIN_RETRY_DELAY: Final = 0.05
+#: A connection that lasted this long was healthy: the next attempt starts the back-off
+#: afresh. One that failed sooner (a server that answers the handshake, then garbage)
+#: counts as a failed attempt, so a broken server is not hammered.
+HEALTHY_AFTER: Final = 1.0
 
 
 class SubscriberOwner(Protocol):
@@ -101,6 +105,8 @@ class Subscriber:
         self._wakeup: anyio.Event | None = None
         self._serve_scope: anyio.CancelScope | None = None
         self._awaiting_ping = False
+        #: Why the last connection (or attempt) ended; None once one succeeds.
+        self.last_error: RedisError | None = None
 
     # -- to be provided by subclasses ------------------------------------------------
 
@@ -169,6 +175,7 @@ class Subscriber:
         self.owner.refused(self, names, error)
 
     def settled(self, confirmed: list[str]) -> None:
+        self.last_error = None
         self.owner.settled(confirmed)
 
     # -- the reader task ------------------------------------------------------------
@@ -187,15 +194,16 @@ class Subscriber:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
             self._wakeup = None
-            connected = False
+            connected_at: float | None = None
             try:
                 with anyio.CancelScope() as self._serve_scope:  # retire() cancels it
                     pool = await self._open_pool()
                     async with pool.connection() as connection:
                         connection.broken = True  # in subscribe mode: never back to the pool
-                        connected = True
+                        connected_at = anyio.current_time()
                         await self._serve(connection)
             except RedisError as exc:
+                self.last_error = exc
                 logger.warning("subscriber for %s lost: %s", self.label, exc)
             finally:
                 self._serve_scope = None
@@ -204,7 +212,7 @@ class Subscriber:
                 self.owner.notify()
             if self.protocol.wanted:
                 self.owner.dropped(self)
-            if connected:
+            if connected_at is not None and anyio.current_time() - connected_at >= HEALTHY_AFTER:
                 delay = MIN_RETRY_DELAY
             else:
                 delay = min(max(delay * 2, MIN_RETRY_DELAY), MAX_BACKOFF)

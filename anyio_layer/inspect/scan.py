@@ -271,7 +271,7 @@ def check_target(hosts: object, prefix: object) -> Hosts:
 
 
 @contextlib.asynccontextmanager
-async def _servers(configs: object) -> AsyncIterator[list[tuple[str, _Execute, _Pipeline]]]:
+async def _servers(configs: Hosts) -> AsyncIterator[list[tuple[str, _Execute, _Pipeline]]]:
     """``(name, execute, pipeline)`` for each server to scan, connected for the block."""
     async with contextlib.AsyncExitStack() as stack:
         servers: list[tuple[str, _Execute, _Pipeline]] = []
@@ -286,7 +286,6 @@ async def _servers(configs: object) -> AsyncIterator[list[tuple[str, _Execute, _
                     )
                 )
         else:
-            assert isinstance(configs, tuple)
             for config in configs:
                 pool: ConnectionPool = await stack.enter_async_context(open_pool(config))
                 servers.append(

@@ -137,8 +137,8 @@ class KeySpace(Protocol):
         """Delete every key under the prefix, on every server, with ``SCAN`` and ``UNLINK``."""
         ...
 
-    def add_connect_listener(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` after any server's (or node's) first connection and reconnects."""
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on any server's (or node's) first connection, losses, reconnects."""
         ...
 
     def reconnects(self) -> int: ...
@@ -255,9 +255,9 @@ class ShardedKeySpace:
             async for keys in _scan(pool.execute, pattern):
                 await pool.execute("UNLINK", *keys)
 
-    def add_connect_listener(self, callback: Callable[[], None]) -> None:
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
         for pool in self.pools:
-            pool.add_connect_listener(callback)
+            pool.add_connection_listener(callback)
 
     def reconnects(self) -> int:
         return sum(pool.statistics().reconnects for pool in self.pools)
@@ -372,8 +372,8 @@ class ClusterKeySpace:
             idempotent=True,
         )
 
-    def add_connect_listener(self, callback: Callable[[], None]) -> None:
-        self._client.add_connect_listener(callback)
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        self._client.add_connection_listener(callback)
 
     def reconnects(self) -> int:
         return sum(node.reconnects for node in self._client.statistics().nodes.values())

@@ -167,7 +167,7 @@ class QueueLayer(ScopedChannels):
             is_own=self._is_own,
             owns=self._owns,
         )
-        keys.add_connect_listener(self._leases.request_renewal)
+        keys.add_connection_listener(self._leases.request_renewal)
         task_group.start_soon(self._leases.run, name="anyio_layer group leases")
         self._closed = False
 

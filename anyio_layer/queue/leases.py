@@ -26,9 +26,13 @@ membership renewed is one the layer believes present, so a non-zero count
 means the server lost it (it restarted without persistence, a replica was
 promoted without it, or someone flushed it): the renewal has just restored
 it. That is counted (``memberships_restored``) and logged as a warning. A
-renewal also runs right after every (re)connect to a server or cluster node
-(:meth:`~anyio_layer.redis.pool.ConnectionPool.add_connect_listener`), so
-memberships are back as soon as the server accepts commands again.
+renewal also runs as soon as a connection to a server or cluster node is
+lost or made
+(:meth:`~anyio_layer.redis.pool.ConnectionPool.add_connection_listener`):
+after a loss it waits for the server (and is tried again every
+:data:`_RETRY_DELAY` seconds while the server stays away), so memberships
+are back as soon as the server accepts commands again, even if nothing else
+in the process uses that server.
 
 **Discards win.** A ``group_discard`` must never be undone by a renewal
 racing with it. Two rules make sure of it:

@@ -33,11 +33,13 @@ for up to the host's ``reconnect_timeout`` (default 5 s, see
 again after it may have reached the server, with one safe exception:
 ``EVALSHA`` answered with ``NOSCRIPT`` did not run, so it is re-sent as ``EVAL``.
 
-Reconnect hook: :meth:`ConnectionPool.add_connect_listener` registers a
-callback run (synchronously, it must not block) each time a connection is
-made after the pool lost one or failed to connect, and on the pool's first
-connection. Owners that keep state in the server (the queue layer's group
-memberships) use it to restore what a restarted server may have lost.
+Connection hook: :meth:`ConnectionPool.add_connection_listener` registers a
+callback run (synchronously, it must not block) when the shared connection
+is lost, each time a connection is made after the pool lost one or failed to
+connect, and on the pool's first connection. Owners that keep state in the
+server (the queue layer's group memberships) use it to restore what a
+restarted server may have lost: on a loss, to reconnect soon even if nobody
+else uses the server; on a connect, to restore.
 
 With Sentinel, the primary's address is discovered with
 ``SENTINEL get-master-addr-by-name`` (:mod:`anyio_layer.redis.sentinel`),
@@ -123,7 +125,7 @@ class ConnectionPool:
         self.reconnect_timeout = (
             config.options.reconnect_timeout if reconnect_timeout is None else reconnect_timeout
         )
-        self._connect_listeners: list[Callable[[], None]] = []
+        self._connection_listeners: list[Callable[[], None]] = []
         self._task_group = task_group
         self._client_name = config.options.client_name
         self._resolved: ServerConfig | None = config if isinstance(config, ServerConfig) else None
@@ -270,14 +272,15 @@ class ConnectionPool:
             connection_waits=self._connection_waits,
         )
 
-    def add_connect_listener(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` after every connection made following a loss or a failed attempt.
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the shared connection is lost, and after each reconnect.
 
-        Also after the pool's first connection. It runs synchronously inside the
+        Also after the pool's first connection, and after a connection made
+        following a failed attempt. It runs synchronously inside the
         connecting call, so it must be quick and must not raise: schedule work,
         do not do it (the queue layer sets an event its renewal task waits on).
         """
-        self._connect_listeners.append(callback)
+        self._connection_listeners.append(callback)
 
     @property
     def server(self) -> ServerConfig | None:
@@ -345,6 +348,8 @@ class ConnectionPool:
         self._forget(pipeline.connection)
         if not self._closed:
             self._connection_lost()
+            for listener in self._connection_listeners:
+                listener()
         self._generation += 1  # idle dedicated connections are suspect too
         if self._pipeline is pipeline:
             self._pipeline = None
@@ -417,7 +422,7 @@ class ConnectionPool:
         self._opened += 1
         self._open.add(connection)
         if notify:
-            for listener in self._connect_listeners:
+            for listener in self._connection_listeners:
                 listener()
         return connection
 

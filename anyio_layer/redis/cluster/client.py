@@ -262,14 +262,14 @@ class ClusterClient:
         pool = await self._nodes.pool(address)
         return await pool.execute(*args)
 
-    def add_connect_listener(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` after any node's first connection and after every reconnect.
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after any node's first connection, its losses and reconnects.
 
-        Synchronous and quick, as for :meth:`ConnectionPool.add_connect_listener
-        <anyio_layer.redis.pool.ConnectionPool.add_connect_listener>`; a failover
+        Synchronous and quick, as for :meth:`ConnectionPool.add_connection_listener
+        <anyio_layer.redis.pool.ConnectionPool.add_connection_listener>`; a failover
         shows up as the promoted replica's first connection.
         """
-        self._nodes.add_connect_listener(callback)
+        self._nodes.add_connection_listener(callback)
 
     def node_for_slot(self, slot: int) -> ServerConfig | None:
         """The node the current map says serves ``slot`` (None if unknown)."""

@@ -58,7 +58,7 @@ class NodePools:
     """The connection pool of every node used so far, and the scripts each has cached."""
 
     __slots__ = (
-        "_connect_listeners",
+        "_connection_listeners",
         "_loaded",
         "_options",
         "_task_group",
@@ -75,19 +75,19 @@ class NodePools:
         self.scripts: dict[str, Script] = {}
         #: Per node, the SHA-1s of scripts it is known to have cached.
         self._loaded: dict[TCPAddress, set[str]] = {}
-        self._connect_listeners: list[Callable[[], None]] = []
+        self._connection_listeners: list[Callable[[], None]] = []
         self.closed = False
 
-    def add_connect_listener(self, callback: Callable[[], None]) -> None:
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
         """Register ``callback`` with every node's pool, present and future.
 
-        See :meth:`ConnectionPool.add_connect_listener
-        <anyio_layer.redis.pool.ConnectionPool.add_connect_listener>`: it runs after
+        See :meth:`ConnectionPool.add_connection_listener
+        <anyio_layer.redis.pool.ConnectionPool.add_connection_listener>`: it runs after
         a node's first connection (a promoted replica's, say) and after every reconnect.
         """
-        self._connect_listeners.append(callback)
+        self._connection_listeners.append(callback)
         for pool in self.pools.values():
-            pool.add_connect_listener(callback)
+            pool.add_connection_listener(callback)
 
     def check_open(self) -> None:
         """Raise :class:`~anyio_layer.exceptions.LayerClosedError` once closed."""
@@ -112,8 +112,8 @@ class NodePools:
             pool = ConnectionPool(
                 ServerConfig(address, self._options), self._task_group, reconnect_timeout=0
             )
-            for listener in self._connect_listeners:
-                pool.add_connect_listener(listener)
+            for listener in self._connection_listeners:
+                pool.add_connection_listener(listener)
             self.pools[address] = pool
         return pool
 

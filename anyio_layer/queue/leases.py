@@ -46,8 +46,9 @@ racing with it. Two rules make sure of it:
    and run in the order they were written, so a discard whose ``ZREM`` went
    before the renewal is not in it, and one that comes after it wins.
 2. When the renewal could not be written at once (it waited for a
-   connection, or a cluster retried it after a failover), that order no
-   longer holds. So every membership discarded while a renewal is in
+   connection, a cluster retried it after a failover, or with several
+   servers its pipelines start in tasks of their own), that order no longer
+   holds. So every membership discarded while a renewal is in
    flight is removed *again* (``ZREM``) once the renewal is over; a
    ``ZREM`` that fails is kept and sent with the next renewal. Renewals
    run one at a time, so that removal always comes after the renewal it

@@ -54,8 +54,10 @@ class RetryDelay:
         self._delay = 0.0
 
     async def wait(self, waiter: str, error: Exception) -> None:
+        # A warning when the outage starts; the retries (twice a second) only at debug level.
+        log = logger.debug if self._delay else logger.warning
         self._delay = min(max(self._delay * 2, 0.05), _MAX_RETRY_DELAY)
-        logger.warning("%s waiting for Redis: %s", waiter, error)
+        log("%s waiting for Redis: %s", waiter, error)
         await anyio.sleep(self._delay)
 
     def reset(self) -> None:

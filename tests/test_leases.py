@@ -18,6 +18,7 @@ import anyio.lowlevel
 import pytest
 
 from anyio_layer import QueueLayer, open_redis_layer
+from anyio_layer.redis.pool import ConnectionPool
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -228,3 +229,54 @@ async def test_flush_forgets_the_leases(redis_url: str) -> None:
         await layer._leases.renew()
         assert layer.statistics().leased_memberships == 0
         assert await anyio_server_members(layer) == set()
+
+
+def count_requests(monkeypatch: pytest.MonkeyPatch) -> dict[int, int]:
+    """Count round trips per connection pool (every pipeline is one ``_request``)."""
+    requests: dict[int, int] = {}
+    original = ConnectionPool._request
+
+    async def counting(self: ConnectionPool, payload: bytes, expected: int) -> list[object]:
+        requests[id(self)] = requests.get(id(self), 0) + 1
+        return await original(self, payload, expected)
+
+    monkeypatch.setattr(ConnectionPool, "_request", counting)
+    return requests
+
+
+async def test_renewal_is_one_round_trip_per_server(
+    redis_server_factory: Callable[..., RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servers = [redis_server_factory(), redis_server_factory()]
+    async with open_redis_layer(hosts=[server.url for server in servers]) as layer:
+        channels = [await layer.new_channel() for _ in range(50)]
+        for index, channel in enumerate(channels):
+            await layer.group_add(f"group-{index % 25}", channel)
+        requests = count_requests(monkeypatch)
+        await layer._leases.renew()
+        monkeypatch.undo()
+        assert sorted(requests.values()) == [1, 1]  # 25 groups over two servers
+
+        def stored() -> int:
+            return sum(len(members(s, f"asgi:group:group-{g}")) for s in servers for g in range(25))
+
+        assert stored() == 50
+        # One server restarts empty: its memberships come back, the other's stay.
+        await sigkill_and_restart(servers[1])
+        await wait_for(lambda: stored() == 50)
+
+
+async def test_renewal_is_one_round_trip_per_cluster_node(
+    redis_cluster_hosts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_redis_layer(hosts=redis_cluster_hosts) as layer:
+        channels = [await layer.new_channel() for _ in range(60)]
+        for index, channel in enumerate(channels):
+            await layer.group_add(f"group-{index % 30}", channel)
+        renewed = layer.statistics().memberships_renewed  # by renewals after first connects
+        requests = count_requests(monkeypatch)
+        await layer._leases.renew()
+        monkeypatch.undo()
+        # 30 groups spread over the 3 primaries: one pipeline each.
+        assert sorted(requests.values()) == [1, 1, 1]
+        assert layer.statistics().memberships_renewed == renewed + 60

@@ -49,7 +49,7 @@ from typing import Protocol
 import anyio
 
 from ..common.sharding import consistent_hash
-from ..exceptions import ConfigurationError, ResponseError
+from ..exceptions import ConfigurationError, LayerClosedError, RedisError, ResponseError
 from ..messages import non_local_name
 from ..redis.cluster import ClusterClient, key_slot
 from ..redis.pool import ConnectionPool
@@ -124,6 +124,9 @@ class KeySpace(Protocol):
 
     async def run_for_groups(self, commands: Sequence[tuple[str, Sequence[Arg]]]) -> list[object]:
         """Run ``(group, command)`` pairs, each on its group key's server, in one round trip each.
+
+        If a server fails, its error is raised (the first one, unwrapped) once
+        the others have answered.
 
         One pipeline per server (or cluster node), all at once; replies come
         back in the order of ``commands``, error replies in place as
@@ -232,12 +235,16 @@ class ShardedKeySpace:
         for index, (group, _) in enumerate(commands):
             by_shard.setdefault(consistent_hash(group, self._ring_size), []).append(index)
         replies: list[object] = [None] * len(commands)
+        failures: list[Exception] = []
 
         async def run(shard: int, indexes: list[int]) -> None:
             batch = [commands[index][1] for index in indexes]
-            for index, reply in zip(
-                indexes, await self.pools[shard].pipeline(batch, raise_on_error=False), strict=True
-            ):
+            try:
+                shard_replies = await self.pools[shard].pipeline(batch, raise_on_error=False)
+            except (RedisError, LayerClosedError) as exc:
+                failures.append(exc)  # raised unwrapped below, not as an ExceptionGroup
+                return
+            for index, reply in zip(indexes, shard_replies, strict=True):
                 replies[index] = reply
 
         if len(by_shard) == 1:
@@ -247,6 +254,8 @@ class ShardedKeySpace:
             async with anyio.create_task_group() as task_group:
                 for shard, indexes in by_shard.items():
                     task_group.start_soon(run, shard, indexes)
+        if failures:
+            raise failures[0]
         return replies
 
     async def delete_matching(self) -> None:

@@ -105,7 +105,7 @@ class Leases:
         self._members: dict[str, set[str]] = {}
         #: channel -> the groups it is in.
         self._groups: dict[str, set[str]] = {}
-        #: channel -> when (time.monotonic()) it last showed it is alive.
+        #: channel (with leased memberships) -> when (time.monotonic()) it last showed life.
         self._seen: dict[str, float] = {}
         #: group_add calls under way: a discard of the same membership cancels the entry.
         self._adding: dict[Membership, object] = {}
@@ -127,7 +127,6 @@ class Leases:
         ticket = object()
         self._adding[(group, channel)] = ticket
         self._to_remove.discard((group, channel))  # joined again: no longer to be removed
-        self.touch(channel)
         return ticket
 
     def added(self, group: str, channel: str, ticket: object) -> None:
@@ -137,7 +136,7 @@ class Leases:
         del self._adding[(group, channel)]
         self._members.setdefault(group, set()).add(channel)
         self._groups.setdefault(channel, set()).add(group)
-        self.touch(channel)
+        self._seen[channel] = time.monotonic()
 
     def add_failed(self, group: str, channel: str, ticket: object) -> None:
         if self._adding.get((group, channel)) is ticket:
@@ -152,7 +151,7 @@ class Leases:
 
     def discard_failed(self, group: str, channel: str) -> None:
         """The ``ZREM`` of ``group_discard`` failed: send it again with the next renewal."""
-        if (group, channel) not in self._adding and channel not in self._groups.get(group, ()):
+        if (group, channel) not in self._adding and group not in self._groups.get(channel, ()):
             self._to_remove.add((group, channel))
             self._wakeup.set()
 
@@ -170,8 +169,13 @@ class Leases:
         self._to_remove.clear()
 
     def touch(self, channel: str) -> None:
-        """``channel`` is alive right now (a receive started or ended on it, or it joined)."""
-        self._seen[channel] = time.monotonic()
+        """``channel`` is alive right now (a receive started or ended on it).
+
+        Remembered only for channels with leased memberships, so that the
+        table never grows with channels that joined no group.
+        """
+        if channel in self._groups:
+            self._seen[channel] = time.monotonic()
 
     def _forget(self, group: str, channel: str) -> None:
         channels = self._members.get(group)
@@ -184,6 +188,7 @@ class Leases:
             groups.discard(group)
             if not groups:
                 del self._groups[channel]
+                self._seen.pop(channel, None)
 
     def request_renewal(self) -> None:
         """Renew as soon as possible (a server was connected to: it may have lost data)."""
@@ -277,6 +282,3 @@ class Leases:
         for channel in list(self._groups):
             if not self._has_receiver(channel) and self._seen.get(channel, 0.0) < cutoff:
                 self.forget_channel(channel)
-        for channel in [c for c, seen in self._seen.items() if seen < cutoff]:
-            if channel not in self._groups and not self._has_receiver(channel):
-                del self._seen[channel]

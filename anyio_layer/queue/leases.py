@@ -165,6 +165,7 @@ class Leases:
         """Forget every membership (``flush()`` deleted them all)."""
         self._members.clear()
         self._groups.clear()
+        self._seen.clear()
         self._adding.clear()
         self._to_remove.clear()
 

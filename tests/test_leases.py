@@ -280,3 +280,17 @@ async def test_renewal_is_one_round_trip_per_cluster_node(
         # 30 groups spread over the 3 primaries: one pipeline each.
         assert sorted(requests.values()) == [1, 1, 1]
         assert layer.statistics().memberships_renewed == renewed + 60
+
+
+async def test_scoped_exit_while_redis_is_down_ends_every_lease(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """Leaving waits for the connection until the scope's leave timeout: the leases end anyway."""
+    server = redis_server_factory()
+    async with open_redis_layer(hosts=[server.url]) as layer:
+        async with layer.open_channel("a", "b", "c"):
+            assert layer.statistics().leased_memberships == 3
+            await anyio.to_thread.run_sync(server.kill)
+            await anyio.sleep(0.2)
+        # The first ZREM waited out the leave timeout, the others never ran.
+        assert layer.statistics().leased_memberships == 0

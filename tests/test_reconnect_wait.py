@@ -188,3 +188,21 @@ async def test_pubsub_sends_outlast_a_short_outage(
             with anyio.fail_after(10):
                 await layer.send("nobody", {"type": "during"})
                 await layer.group_send("room", {"type": "during"})
+
+
+async def test_a_hanging_connection_attempt_is_cut_off_at_the_bound(
+    redis_server: RedisServer,
+) -> None:
+    """Behind a partition the handshake never answers: reconnect_timeout, not the connect one."""
+    async with run_fault_proxy(redis_server.address) as proxy:
+        host = {"address": proxy.url, "reconnect_timeout": 0.5, "socket_connect_timeout": 60}
+        async with open_pool(host) as pool:
+            await pool.execute("PING")
+            proxy.blackhole()
+            proxy.reset()
+            await until_disconnected(pool)
+            with anyio.fail_after(30), pytest.raises(ConnectionUnavailableError):
+                await pool.execute("PING")
+            proxy.heal()
+            with anyio.fail_after(30):
+                assert await pool.execute("PING") == b"PONG"

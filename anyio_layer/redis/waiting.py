@@ -46,24 +46,32 @@ async def wait_for_connection(
     time is up; with ``patience=0``, after the first failure. If cancelled,
     nothing was sent.
     """
-    deadline: float | None = None
+    # With patience, an attempt that hangs (a partitioned network: the handshake gets
+    # no reply) is cut off at the deadline rather than after socket_connect_timeout.
+    deadline = anyio.current_time() + patience if patience > 0 else None
+    waited = False
+    last_error: RedisConnectionError | None = None  # what the server (or network) said last
     while True:
         try:
-            return await connect()
+            with anyio.fail_after(None if deadline is None else deadline - anyio.current_time()):
+                return await connect()
         except LayerClosedError:
             raise
-        except RedisConnectionError as exc:
+        except (RedisConnectionError, TimeoutError) as exc:
+            if isinstance(exc, RedisConnectionError):
+                last_error = exc
             now = anyio.current_time()
-            if deadline is None:
-                deadline = now + patience
-                if patience > 0:
-                    on_wait()
-            if now >= deadline:
+            if not waited and patience > 0:
+                waited = True
+                on_wait()
+            if deadline is None or now >= deadline:
+                cause = last_error or exc
                 unavailable = (
                     ConnectTimeoutUnavailableError
-                    if isinstance(exc, RedisTimeoutError)
+                    if isinstance(cause, (RedisTimeoutError, TimeoutError))
                     else ConnectionUnavailableError
                 )
-                waited = f" after {patience:g} s" if patience else ""
-                raise unavailable(f"{exc}; gave up waiting for a connection{waited}") from exc
+                reason = str(cause) or "the connection attempt did not finish"
+                after = f" after {patience:g} s" if patience else ""
+                raise unavailable(f"{reason}; gave up waiting for a connection{after}") from cause
             await anyio.sleep(min(max(next_attempt() - now, 0.01), deadline - now))

@@ -12,6 +12,9 @@ Redis failures are split by what the caller can do about them:
   automatically unless it is safe to repeat.
 * :class:`RedisTimeoutError`: a connect or socket timeout (a subclass of the
   connection error, since the connection is unusable afterwards).
+* :class:`ConnectionUnavailableError`: no connection could be made within the
+  host's ``reconnect_timeout``, so the command was never sent (a subclass of
+  the connection error; safe to send again).
 * :class:`ProtocolError`: the bytes on the wire were not valid RESP.
 * :class:`ResponseError`: Redis answered with an error reply; ``code`` holds
   its first word (``"WRONGTYPE"``, ``"NOSCRIPT"``, ``"READONLY"``, ...).
@@ -49,6 +52,8 @@ __all__ = [
     "ClusterClientError",
     "ClusterUnavailableError",
     "ConfigurationError",
+    "ConnectTimeoutUnavailableError",
+    "ConnectionUnavailableError",
     "CrossSlotError",
     "InvalidChannelName",
     "InvalidGroupName",
@@ -102,6 +107,19 @@ class RedisConnectionError(RedisError):
 
 class RedisTimeoutError(RedisConnectionError):
     """Connecting, or waiting for the server, took longer than allowed."""
+
+
+class ConnectionUnavailableError(RedisConnectionError):
+    """No connection to the server could be made, so the command was never sent.
+
+    Unlike other connection errors, the command certainly did not run: a
+    caller (or the cluster client) may send it again, even if it is not
+    idempotent. ``__cause__`` is the error of the last connection attempt.
+    """
+
+
+class ConnectTimeoutUnavailableError(ConnectionUnavailableError, RedisTimeoutError):
+    """:class:`ConnectionUnavailableError` whose last connection attempt timed out."""
 
 
 class ProtocolError(RedisError):

@@ -13,6 +13,19 @@ Every ``CONFIG`` key of channels_redis is accepted with the same default
 (see the README for the full reference). Errors are the ones Channels users
 expect: :class:`channels.exceptions.ChannelFull` at capacity, ``TypeError``
 (Channels' wording) for invalid names.
+
+Group memberships of consumers are leases (:mod:`anyio_layer.queue.leases`):
+renewed while the consumer's channel lives, restored after Redis lost them,
+lapsing ``group_expiry`` seconds after the process dies. ``group_expiry``
+keeps channels_redis's default (one day) so that a mixed fleet agrees on
+it; a new project can set it much lower (300 s, say). A consumer's
+``group_add``/``group_discard``/``group_send`` made while Redis restarts waits
+for the connection (``reconnect_timeout`` in the ``hosts`` entry, default
+5 s) instead of crashing the consumer. Memberships are leased by the core
+layer of the event loop that made the ``group_add`` (for Django consumers,
+the server's loop); a ``group_discard`` of the same membership from another
+event loop of the process is undone by that layer's next renewal while the
+channel lives.
 """
 
 from __future__ import annotations

@@ -572,7 +572,11 @@ async def test_connect_timeout_on_a_silent_server() -> None:
         async with anyio.create_task_group() as tg:
             await serve_fake(listener, tg, lambda n, chunk: b"")
             async with open_pool(
-                {"address": f"redis://127.0.0.1:{port}", "socket_connect_timeout": 0.2}
+                {
+                    "address": f"redis://127.0.0.1:{port}",
+                    "socket_connect_timeout": 0.2,
+                    "reconnect_timeout": 0,  # one attempt
+                }
             ) as pool:
                 with anyio.fail_after(5), pytest.raises(RedisTimeoutError, match=r"0\.2 seconds"):
                     await pool.execute("PING")

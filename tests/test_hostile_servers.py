@@ -35,7 +35,7 @@ Responder = Callable[[list[bytes]], bytes | None]
 
 HANDSHAKE = {b"CLIENT", b"HELLO", b"AUTH", b"SELECT"}
 #: Short timeouts, so each case takes about a second; the bounds scale with them.
-TIMEOUTS = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
+TIMEOUTS = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0, "reconnect_timeout": 1.0}
 #: A call must have failed by then (the timeouts above plus generous slack).
 BOUND = 5.0
 

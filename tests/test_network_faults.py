@@ -68,13 +68,18 @@ ON_RECONNECT = "test.reconnect"
 Layer = QueueLayer | PubSubLayer
 
 
-def through(proxy: FaultProxy) -> list[dict[str, object]]:
-    """``hosts`` for a layer that talks to Redis through ``proxy``, with short deadlines."""
+def through(
+    proxy: FaultProxy, reconnect_timeout: float = SOCKET_TIMEOUT
+) -> list[dict[str, object]]:
+    """``hosts`` for a layer that talks to Redis through ``proxy``, with short deadlines
+    (by default a command that finds no connection waits for one as long as it would
+    wait for a reply; 0 fails it at once)."""
     return [
         {
             "address": proxy.url,
             "socket_timeout": SOCKET_TIMEOUT,
             "socket_connect_timeout": SOCKET_TIMEOUT,
+            "reconnect_timeout": reconnect_timeout,
         }
     ]
 
@@ -480,12 +485,13 @@ async def test_queue_reset(anyio_backend: str, redis_url: str, redis_server: Red
 
 
 async def test_queue_refused(anyio_backend: str, redis_url: str, redis_server: RedisServer) -> None:
-    """While the server refuses connections, calls fail fast; they work again afterwards."""
+    """While the server refuses connections, calls fail fast (``reconnect_timeout=0``: no
+    waiting for a connection); they work again afterwards."""
     ledger = Ledger()
     async with no_leftovers(anyio_backend) as stack:
         proxy = await proxy_to(stack, redis_server)
         receiver = await queue_layer(stack, [redis_url])
-        sender = await queue_layer(stack, through(proxy))
+        sender = await queue_layer(stack, through(proxy, reconnect_timeout=0))
         local = await receiver.new_channel()
         await ledger.send(sender, local)
         proxy.refuse()
@@ -784,7 +790,7 @@ async def test_pubsub_refused(
     async with no_leftovers(anyio_backend) as stack:
         proxy = await proxy_to(stack, redis_server)
         receiver = await pubsub_layer(stack, [redis_url])
-        sender = await pubsub_layer(stack, through(proxy))
+        sender = await pubsub_layer(stack, through(proxy, reconnect_timeout=0))
         channel = await subscribe(receiver, redis_server)
         await ledger.send(sender, channel)
         proxy.refuse()

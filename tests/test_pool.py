@@ -196,7 +196,7 @@ async def test_connect_refused() -> None:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         await listener.aclose()
-    async with open_pool(("127.0.0.1", port)) as pool:
+    async with open_pool({"address": f"redis://127.0.0.1:{port}", "reconnect_timeout": 0}) as pool:
         with pytest.raises(RedisConnectionError, match=f"127.0.0.1:{port}"):
             await pool.execute("PING")
         # Inside the back-off window, calls fail at once without a new attempt.
@@ -216,7 +216,11 @@ async def test_connect_timeout_on_a_silent_server() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(listener.serve, silent)
             async with open_pool(
-                {"address": f"redis://127.0.0.1:{port}", "socket_connect_timeout": 0.2}
+                {
+                    "address": f"redis://127.0.0.1:{port}",
+                    "socket_connect_timeout": 0.2,
+                    "reconnect_timeout": 0,
+                }
             ) as pool:
                 with anyio.fail_after(5), pytest.raises(RedisTimeoutError, match=r"0\.2 seconds"):
                     await pool.execute("PING")

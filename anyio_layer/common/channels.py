@@ -170,5 +170,9 @@ class ScopedChannels:
             yield channel
         finally:
             with anyio.move_on_after(LEAVE_TIMEOUT, shield=True):
-                await channel._leave_groups()
-                await self._release_channel(name)
+                try:
+                    await channel._leave_groups()
+                finally:
+                    # Also when leaving took too long (Redis away): the layer must
+                    # forget the channel, or it would keep its groups alive.
+                    await self._release_channel(name)

@@ -7,6 +7,9 @@ The package's interface is what this module exports. Inside it:
 * :mod:`.options`: every option checked into a frozen :class:`QueueOptions`
   (shared with ``channels_compat.core``).
 * :mod:`.layer`: :class:`QueueLayer`, the public API and each call's contract.
+* :mod:`.groups`: what ``group_add``, ``group_discard`` and ``group_send`` send.
+* :mod:`.leases`: group memberships of the layer's own channels, renewed while
+  they live and restored after Redis lost them.
 * :mod:`.readers`: process-local buffers and the reader tasks filling them.
 * :mod:`.receive`: receiving from normal channels, straight from Redis.
 * :mod:`.popping`: what both pop loops share (timeouts, back-off, put-back).

@@ -49,7 +49,7 @@ from typing import Protocol
 import anyio
 
 from ..common.sharding import consistent_hash
-from ..exceptions import ConfigurationError, ResponseError
+from ..exceptions import ConfigurationError, LayerClosedError, RedisError, ResponseError
 from ..messages import non_local_name
 from ..redis.cluster import ClusterClient, key_slot
 from ..redis.pool import ConnectionPool
@@ -123,11 +123,31 @@ class KeySpace(Protocol):
         """
         ...
 
+    async def run_for_groups(self, commands: Sequence[tuple[str, Sequence[Arg]]]) -> list[object]:
+        """Run ``(group, command)`` pairs, each on its group key's server, in one round trip each.
+
+        If a server fails, its error is raised (the first one, unwrapped) once
+        the others have answered.
+
+        One pipeline per server (or cluster node), all at once; replies come
+        back in the order of ``commands``, error replies in place as
+        :class:`~anyio_layer.redis.protocol.ErrorReply`. Commands of one
+        server are written in the order given, in one write, so they run in
+        that order relative to every other command of this process on it.
+        """
+        ...
+
     async def delete_matching(self) -> None:
         """Delete every key under the prefix, on every server, with ``SCAN`` and ``UNLINK``."""
         ...
 
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on any server's (or node's) first connection, losses, reconnects."""
+        ...
+
     def reconnects(self) -> int: ...
+
+    def connection_waits(self) -> int: ...
 
     def describe(self) -> str: ...
 
@@ -211,14 +231,49 @@ class ShardedKeySpace:
                     task_group.start_soon(run, shard, batch)
         return replies
 
+    async def run_for_groups(self, commands: Sequence[tuple[str, Sequence[Arg]]]) -> list[object]:
+        by_shard: dict[int, list[int]] = {}
+        for index, (group, _) in enumerate(commands):
+            by_shard.setdefault(consistent_hash(group, self._ring_size), []).append(index)
+        replies: list[object] = [None] * len(commands)
+        failures: list[Exception] = []
+
+        async def run(shard: int, indexes: list[int]) -> None:
+            batch = [commands[index][1] for index in indexes]
+            try:
+                shard_replies = await self.pools[shard].pipeline(batch, raise_on_error=False)
+            except (RedisError, LayerClosedError) as exc:
+                failures.append(exc)  # raised unwrapped below, not as an ExceptionGroup
+                return
+            for index, reply in zip(indexes, shard_replies, strict=True):
+                replies[index] = reply
+
+        if len(by_shard) == 1:
+            ((shard, indexes),) = by_shard.items()
+            await run(shard, indexes)
+        elif by_shard:
+            async with anyio.create_task_group() as task_group:
+                for shard, indexes in by_shard.items():
+                    task_group.start_soon(run, shard, indexes)
+        if failures:
+            raise failures[0]
+        return replies
+
     async def delete_matching(self) -> None:
         pattern = scan_pattern(self.prefix)
         for pool in self.pools:
             async for keys in _scan(pool.execute, pattern):
                 await pool.execute("UNLINK", *keys)
 
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        for pool in self.pools:
+            pool.add_connection_listener(callback)
+
     def reconnects(self) -> int:
         return sum(pool.statistics().reconnects for pool in self.pools)
+
+    def connection_waits(self) -> int:
+        return sum(pool.statistics().connection_waits for pool in self.pools)
 
     def describe(self) -> str:
         return ", ".join(str(pool.config) for pool in self.pools)
@@ -318,8 +373,23 @@ class ClusterKeySpace:
                     [(key, ("UNLINK", key)) for key in keys], idempotent=True
                 )
 
+    async def run_for_groups(self, commands: Sequence[tuple[str, Sequence[Arg]]]) -> list[object]:
+        # Retried after a connection error: the queue layer's renewals are idempotent
+        # and it repairs a discard that a late retry could have undone (see .leases).
+        return await self._client.pipeline_by_key(
+            [(self.group_key(group), command) for group, command in commands],
+            raise_on_error=False,
+            idempotent=True,
+        )
+
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        self._client.add_connection_listener(callback)
+
     def reconnects(self) -> int:
         return sum(node.reconnects for node in self._client.statistics().nodes.values())
+
+    def connection_waits(self) -> int:
+        return self._client.statistics().connection_waits
 
     def describe(self) -> str:
         return f"cluster {self._client!r}"

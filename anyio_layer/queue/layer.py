@@ -48,7 +48,12 @@ never disturbs the connection. Each coroutine states its own contract.
 The rest of the layer's behaviour is covered by ``tests/test_queue_layer.py``
 and ``tests/test_queue_cluster.py``.
 
-Failures: when Redis goes away, ``send()`` and friends fail at once with
+Group memberships of this layer's own channels are leases, renewed while the
+channel lives and restored after a server lost them (:mod:`.leases`).
+
+Failures: when Redis goes away, ``send()`` and friends wait for a connection
+for up to the host's ``reconnect_timeout`` (default 5 s; a command that may
+have reached the server is never sent again), then fail with
 :class:`~anyio_layer.exceptions.RedisConnectionError` (nothing is queued in
 memory). Receivers keep waiting: the reader tasks and normal-channel
 receivers retry with back-off and resume delivering after the server is
@@ -79,12 +84,14 @@ from ..messages import (
     validate_group_name,
 )
 from .codec import RESERVED_KEY, MessageCodec, check_message
+from .groups import GroupCommands
 from .keyspace import KeySpace
+from .leases import Leases
 from .options import CapacityRules
 from .readers import LocalReaders
 from .receive import NormalReceivers
-from .replies import group_send_counts, send_counts
-from .scripts import GROUP_SEND, SEND
+from .replies import send_counts
+from .scripts import SEND
 from .statistics import Counters, LayerStatistics
 
 __all__ = ["QueueLayer"]
@@ -141,6 +148,27 @@ class QueueLayer(ScopedChannels):
         self._normal = NormalReceivers(
             keys=keys, codec=codec, counters=self._counters, expiry=expiry, ttl=self._ttl
         )
+        #: Group memberships of this layer's own channels, renewed while they live.
+        self._leases = Leases(
+            keys=keys,
+            group_expiry=group_expiry,
+            counters=self._counters,
+            has_receiver=self._has_receiver,
+        )
+        self._groups = GroupCommands(
+            keys=keys,
+            local=self._local,
+            leases=self._leases,
+            counters=self._counters,
+            codec=codec,
+            capacities=capacities,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            is_own=self._is_own,
+            owns=self._owns,
+        )
+        keys.add_connection_listener(self._leases.request_renewal)
+        task_group.start_soon(self._leases.run, name="anyio_layer group leases")
         self._closed = False
 
     # -- sending --------------------------------------------------------------
@@ -200,92 +228,32 @@ class QueueLayer(ScopedChannels):
         self._check_open()
         validate_group_name(group)
         check_message(message)
-        plain = self._encode(message)  # also rejects what cannot be sent, even to nobody
-        now = time.time()
-        group_key, group_server = self._keys.group(group)
-        _, members = await group_server.pipeline(
-            [
-                ("ZREMRANGEBYSCORE", group_key, 0, int(now) - self.group_expiry),
-                ("ZRANGE", group_key, 0, -1),
-            ],
-            idempotent=True,
-        )
-        self._counters.group_sends += 1
-        if not isinstance(members, list) or not members:
-            return
-        # Members that are this layer's own channels get the message in memory;
-        # the rest get one copy per Redis key, naming every member stored in it.
-        targets: dict[bytes, list[str]] = {}
-        invalid = 0
-        for member in members:
-            try:  # a foreign writer may have put anything in the group's set
-                channel = validate_channel_name(
-                    member.decode() if isinstance(member, bytes) else member
-                )
-            except (UnicodeDecodeError, InvalidChannelName):
-                invalid += 1
-                continue
-            if is_process_local(channel) and self._is_own(channel):
-                if self._local.deliver(channel, plain, now):
-                    self._counters.group_deliveries += 1
-                else:
-                    self._counters.group_skipped += 1
-                continue
-            key = self._keys.channel_key(channel)
-            targets.setdefault(key, []).append(channel)
-        if invalid:
-            self._counters.decode_errors += invalid
-            logger.warning("group_send to %r skipped %d invalid member names", group, invalid)
-        if not targets:
-            return
-
-        def arguments(keys: list[bytes]) -> list[bytes | str | int]:
-            payloads = [self._encode({**message, RESERVED_KEY: targets[key]}) for key in keys]
-            capacities = [self.capacities.for_channel(targets[key][0]) for key in keys]
-            return [*payloads, *capacities, repr(now), int(now) - int(self.expiry), self._ttl]
-
-        skipped_total = 0
-        routes = {key: channels[0] for key, channels in targets.items()}
-        for reply in await self._keys.eval_batched(GROUP_SEND, routes, arguments):
-            added, skipped, pruned = group_send_counts(reply)
-            self._counters.group_deliveries += added
-            self._counters.group_skipped += skipped
-            self._counters.expired += pruned
-            skipped_total += skipped
-        if skipped_total:
-            logger.info(
-                "group_send to %r skipped %d of %d channels at capacity",
-                group,
-                skipped_total,
-                len(targets),
-            )
+        await self._groups.send(group, message)
 
     # -- groups ---------------------------------------------------------------
 
     async def group_add(self, group: str, channel: str) -> None:
-        """Add ``channel`` to ``group`` (membership expires after ``group_expiry``).
+        """Add ``channel`` to ``group``; own channels hold it as a lease (:mod:`.leases`).
 
-        If cancelled, the channel was either added or not; the connection stays usable.
+        Other channels' memberships expire after ``group_expiry``. If cancelled,
+        the channel was either added or not; the connection stays usable.
         """
         self._check_open()
         validate_group_name(group)
         validate_channel_name(channel)
-        key, server = self._keys.group(group)
-        await server.pipeline(
-            [("ZADD", key, repr(time.time()), channel), ("EXPIRE", key, self.group_expiry)],
-            idempotent=True,
-        )
+        await self._groups.add(group, channel)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; no error if it was not a member.
 
-        If cancelled, the channel was either removed or not; the connection stays usable.
+        The lease ends at once, whatever happens to the ``ZREM`` (if it fails,
+        the next renewal sends it again). If cancelled, the channel was either
+        removed or not; the connection stays usable.
         """
         self._check_open()
         validate_group_name(group)
         validate_channel_name(channel)
-        key, server = self._keys.group(group)
-        await server.execute("ZREM", key, channel, idempotent=True)
+        await self._groups.discard(group, channel)
 
     # -- receiving ------------------------------------------------------------
 
@@ -322,6 +290,7 @@ class QueueLayer(ScopedChannels):
             buffer = self._buffers[channel] = LocalBuffer(self.capacities.for_channel(channel))
         buffer.receivers += 1
         demand.update(buffer)
+        self._leases.touch(channel)
         try:
             while True:
                 await buffer.wait()
@@ -335,6 +304,7 @@ class QueueLayer(ScopedChannels):
         finally:
             buffer.receivers -= 1
             demand.update(buffer)
+            self._leases.touch(channel)
             if not buffer.receivers and not buffer.messages:
                 self._buffers.pop(channel, None)
         self._counters.received += 1
@@ -353,8 +323,13 @@ class QueueLayer(ScopedChannels):
             family is not None and (client == family or client.startswith(family + "-"))
         )
 
+    def _has_receiver(self, channel: str) -> bool:
+        buffer = self._buffers.get(channel)
+        return buffer is not None and buffer.receivers > 0
+
     async def _release_channel(self, name: str) -> None:
         self._buffers.pop(name, None)
+        self._leases.forget_channel(name)
 
     # -- maintenance ------------------------------------------------------------
 
@@ -368,10 +343,14 @@ class QueueLayer(ScopedChannels):
         self._check_open()
         await self._keys.delete_matching()
         self._local.clear()
+        self._leases.clear()
 
     def statistics(self) -> LayerStatistics:
         return self._counters.snapshot(
-            reconnects=self._keys.reconnects(), local_channels=len(self._buffers)
+            reconnects=self._keys.reconnects(),
+            local_channels=len(self._buffers),
+            leased_memberships=len(self._leases),
+            connection_waits=self._keys.connection_waits(),
         )
 
     def consistent_hash(self, value: str) -> int:

@@ -32,7 +32,9 @@ logger = logging.getLogger("anyio_layer")
 #: Server-side timeout of blocking pops; the client allows this much more before giving up.
 BLOCK_SECONDS: Final = 5
 BLOCK_GRACE: Final = 10.0
-_MAX_RETRY_DELAY: Final = 2.0
+#: Longest pause between two pops while Redis is away: short, so that readers
+#: resume within a fraction of a second of the server being back.
+_MAX_RETRY_DELAY: Final = 0.5
 #: What makes a blocked pop wait and try again instead of failing its receiver: the
 #: server is unreachable, or (on a cluster) still refusing after the client's own retries.
 REDIS_AWAY: Final = (
@@ -52,8 +54,10 @@ class RetryDelay:
         self._delay = 0.0
 
     async def wait(self, waiter: str, error: Exception) -> None:
+        # A warning when the outage starts; the retries (twice a second) only at debug level.
+        log = logger.debug if self._delay else logger.warning
         self._delay = min(max(self._delay * 2, 0.05), _MAX_RETRY_DELAY)
-        logger.warning("%s waiting for Redis: %s", waiter, error)
+        log("%s waiting for Redis: %s", waiter, error)
         await anyio.sleep(self._delay)
 
     def reset(self) -> None:

@@ -43,6 +43,16 @@ class LayerStatistics:
     reconnects: int
     #: Local channels with buffered messages or waiting receivers.
     local_channels: int
+    #: Renewal rounds of group memberships (one round trip per server each), and
+    #: the memberships they renewed in total.
+    lease_renewals: int
+    memberships_renewed: int
+    #: Memberships a renewal found missing from Redis (data lost) and put back.
+    memberships_restored: int
+    #: Group memberships of this layer's channels being renewed right now.
+    leased_memberships: int
+    #: Commands that found no connection and waited for one (``reconnect_timeout``).
+    connection_waits: int
 
 
 class Counters:
@@ -58,9 +68,19 @@ class Counters:
         self.expired = 0
         self.overflows = 0
         self.decode_errors = 0
+        self.renewals = 0
+        self.memberships_renewed = 0
+        self.memberships_restored = 0
 
-    def snapshot(self, *, reconnects: int, local_channels: int) -> LayerStatistics:
-        """These counts, with the two the layer reads from elsewhere."""
+    def snapshot(
+        self,
+        *,
+        reconnects: int,
+        local_channels: int,
+        leased_memberships: int,
+        connection_waits: int,
+    ) -> LayerStatistics:
+        """These counts, with those the layer reads from elsewhere."""
         return LayerStatistics(
             messages_sent=self.sent,
             messages_received=self.received,
@@ -73,4 +93,9 @@ class Counters:
             decode_errors=self.decode_errors,
             reconnects=reconnects,
             local_channels=local_channels,
+            lease_renewals=self.renewals,
+            memberships_renewed=self.memberships_renewed,
+            memberships_restored=self.memberships_restored,
+            leased_memberships=leased_memberships,
+            connection_waits=connection_waits,
         )

@@ -6,7 +6,8 @@
 * ``pipeline``: the shared pipelined connection on an anyio stream, and the
   interface the pool needs of it; ``asyncio_pipeline`` is its asyncio fast path.
 * ``pool``: one server's connections: the shared pipeline plus dedicated
-  connections lent to one task at a time, reconnection with back-off.
+  connections lent to one task at a time, reconnection with back-off;
+  ``waiting`` is how a command waits for a connection (``reconnect_timeout``).
 * ``unblock``: recovering a dedicated connection whose blocking command's caller
   was cancelled, without losing what it popped.
 * ``sentinel``: finding a Sentinel-managed primary.

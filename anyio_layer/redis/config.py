@@ -18,6 +18,7 @@ from typing import TypeAlias
 
 __all__ = [
     "CLUSTER_SUFFIX",
+    "DEFAULT_RECONNECT_TIMEOUT",
     "DEFAULT_SOCKET_TIMEOUT",
     "Address",
     "ClusterConfig",
@@ -37,6 +38,10 @@ CLUSTER_SUFFIX = "+cluster"
 #: Redis answers in well under a millisecond; ten seconds leaves room for a busy
 #: server and a slow network while still noticing a silent one.
 DEFAULT_SOCKET_TIMEOUT = 10.0
+#: Default ``reconnect_timeout``: how long a command waits for a connection. A
+#: restarting server or a Sentinel failover is usually back within a few seconds,
+#: so short outages delay callers instead of failing them.
+DEFAULT_RECONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,11 @@ class ConnectionOptions:
     tls: TLSOptions | None = None
     #: Upper bound on dedicated connections (blocking commands, subscribers).
     max_connections: int | None = None
+    #: Seconds a non-blocking command waits for a connection while the server
+    #: refuses connections or is being reconnected to, before failing with
+    #: ``ConnectionUnavailableError``; ``0`` fails at once. Only commands that
+    #: were never written wait: one that may have reached the server is not sent again.
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Parsing the connection options of one ``hosts`` entry into :class:`ConnectionOptions`.
 
-Owns :func:`parse_options` (``username``, ``password``, ``db``, the timeouts,
+Owns :func:`parse_options` (``username``, ``password``, ``db``, the timeouts
+(``reconnect_timeout`` too),
 ``ssl`` and the ``ssl_*`` TLS options, redis-py's options that have no meaning
 here) and the checks of single values the entry parser shares
 (:func:`parse_port`, :func:`parse_bool`). Which entry the options belong to,
@@ -15,7 +16,12 @@ import ssl
 from typing import Any
 
 from ..exceptions import ConfigurationError
-from .config import DEFAULT_SOCKET_TIMEOUT, ConnectionOptions, TLSOptions
+from .config import (
+    DEFAULT_RECONNECT_TIMEOUT,
+    DEFAULT_SOCKET_TIMEOUT,
+    ConnectionOptions,
+    TLSOptions,
+)
 
 __all__ = ["parse_bool", "parse_options", "parse_port"]
 
@@ -78,6 +84,9 @@ def parse_options(raw: dict[str, Any], shown: object) -> ConnectionOptions:
             raw.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT), "socket_timeout", shown
         ),
         max_connections=_opt_int(raw.pop("max_connections", None), "max_connections", shown),
+        reconnect_timeout=_seconds(
+            raw.pop("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT), "reconnect_timeout", shown
+        ),
         tls=_tls(tls_raw, shown) if use_tls else None,
     )
     if raw:
@@ -85,8 +94,8 @@ def parse_options(raw: dict[str, Any], shown: object) -> ConnectionOptions:
         raise ConfigurationError(
             f"hosts entry {shown} has unknown option(s): {unknown}. Known options: "
             f"username, password, db, client_name, socket_connect_timeout, "
-            f"socket_timeout, max_connections, ssl, ssl_cert_reqs, ssl_ca_certs, "
-            f"ssl_ca_path, ssl_ca_data, ssl_certfile, ssl_keyfile, ssl_password, "
+            f"socket_timeout, max_connections, reconnect_timeout, ssl, ssl_cert_reqs, "
+            f"ssl_ca_certs, ssl_ca_path, ssl_ca_data, ssl_certfile, ssl_keyfile, ssl_password, "
             f"ssl_check_hostname"
         )
     return options
@@ -155,6 +164,19 @@ def _timeout(value: object, name: str, shown: object) -> float | None:
         raise ConfigurationError(
             f"hosts entry {shown}: {name} must be a positive number of seconds or None, "
             f"not {value!r}"
+        )
+    return seconds
+
+
+def _seconds(value: object, name: str, shown: object) -> float:
+    """A number of seconds >= 0 (a string is accepted, from a URL query)."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(value, bool) or not seconds >= 0 or seconds == float("inf"):
+        raise ConfigurationError(
+            f"hosts entry {shown}: {name} must be a number of seconds >= 0, not {value!r}"
         )
     return seconds
 

@@ -24,10 +24,22 @@ Cancellation contract (tested in ``tests/test_cancellation_connection.py``):
 Failures: when a connection breaks, every call waiting on it fails with
 :class:`~anyio_layer.exceptions.RedisConnectionError`. Later calls reconnect;
 while the server stays unreachable, connection attempts back off
-exponentially (up to :data:`MAX_BACKOFF` seconds) and calls in the back-off
-window fail at once instead of piling up. Nothing is retried automatically
-after it may have reached the server, with one safe exception: ``EVALSHA``
-answered with ``NOSCRIPT`` did not run, so it is re-sent as ``EVAL``.
+exponentially (up to :data:`MAX_BACKOFF` seconds). A non-blocking command
+that finds no connection waits for one, trying again at each back-off step,
+for up to the host's ``reconnect_timeout`` (default 5 s, see
+:mod:`anyio_layer.redis.waiting`), then fails with
+:class:`~anyio_layer.exceptions.ConnectionUnavailableError` (never sent; with
+``reconnect_timeout=0`` at once). Only such commands wait: nothing is sent
+again after it may have reached the server, with one safe exception:
+``EVALSHA`` answered with ``NOSCRIPT`` did not run, so it is re-sent as ``EVAL``.
+
+Connection hook: :meth:`ConnectionPool.add_connection_listener` registers a
+callback run (synchronously, it must not block) when the shared connection
+is lost, each time a connection is made after the pool lost one or failed to
+connect, and on the pool's first connection. Owners that keep state in the
+server (the queue layer's group memberships) use it to restore what a
+restarted server may have lost: on a loss, to reconnect soon even if nobody
+else uses the server; on a connect, to restore.
 
 With Sentinel, the primary's address is discovered with
 ``SENTINEL get-master-addr-by-name`` (:mod:`anyio_layer.redis.sentinel`),
@@ -61,11 +73,13 @@ from .protocol import Arg, ErrorReply, encode_command, encode_commands
 from .scripts import Script
 from .sentinel import discover_primary
 from .unblock import recover_blocked
+from .waiting import wait_for_connection
 
 __all__ = ["MAX_BACKOFF", "ConnectionPool", "PoolStatistics", "open_pool"]
 
-#: Longest pause between two connection attempts to an unreachable server.
-MAX_BACKOFF: Final = 2.0
+#: Longest pause between two connection attempts to an unreachable server (short,
+#: so that callers waiting for a connection get one soon after the server is back).
+MAX_BACKOFF: Final = 0.5
 _MIN_BACKOFF: Final = 0.05
 #: How long cancellation cleanup of a blocking command may take.
 _UNBLOCK_TIMEOUT: Final = 2.0
@@ -88,6 +102,8 @@ class PoolStatistics:
     #: shared connection was lost or an attempt failed.
     connect_failures: int
     reconnects: int
+    #: Commands that found no connection and waited for one (``reconnect_timeout``).
+    connection_waits: int = 0
 
 
 class ConnectionPool:
@@ -97,8 +113,19 @@ class ConnectionPool:
     the task group of that ``async with`` block.
     """
 
-    def __init__(self, config: HostConfig, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self,
+        config: HostConfig,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        reconnect_timeout: float | None = None,
+    ) -> None:
         self.config = config
+        #: How long a command waits for a connection (default: the host's option).
+        self.reconnect_timeout = (
+            config.options.reconnect_timeout if reconnect_timeout is None else reconnect_timeout
+        )
+        self._connection_listeners: list[Callable[[], None]] = []
         self._task_group = task_group
         self._client_name = config.options.client_name
         self._resolved: ServerConfig | None = config if isinstance(config, ServerConfig) else None
@@ -121,6 +148,7 @@ class ConnectionPool:
         self._closed_count = 0
         self._connect_failures = 0
         self._reconnects = 0
+        self._connection_waits = 0
 
     # -- public API ---------------------------------------------------------
 
@@ -241,7 +269,18 @@ class ConnectionPool:
             pipeline_pending=pipeline.pending if pipeline is not None else 0,
             connect_failures=self._connect_failures,
             reconnects=self._reconnects,
+            connection_waits=self._connection_waits,
         )
+
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the shared connection is lost, and after each reconnect.
+
+        Also after the pool's first connection, and after a connection made
+        following a failed attempt. It runs synchronously inside the
+        connecting call, so it must be quick and must not raise: schedule work,
+        do not do it (the queue layer sets an event its renewal task waits on).
+        """
+        self._connection_listeners.append(callback)
 
     @property
     def server(self) -> ServerConfig | None:
@@ -260,7 +299,8 @@ class ConnectionPool:
     async def _request(self, payload: bytes, expected: int) -> list[object]:
         pipeline = self._pipeline
         if pipeline is None or pipeline.closed:
-            pipeline = await self._connect_pipeline()
+            pipeline = await self._wait_for_pipeline()
+        # No checkpoint between here and the write: a pipeline found open is written to.
         replies = await pipeline.request(
             payload, expected, pipeline.connection.server.options.socket_timeout
         )
@@ -271,6 +311,19 @@ class ConnectionPool:
             self._resolved = None
             await pipeline.close(RedisConnectionError("the primary was demoted to a replica"))
         return replies
+
+    async def _wait_for_pipeline(self) -> SharedPipeline:
+        """The shared connection, waiting up to ``reconnect_timeout`` for one (see .waiting)."""
+
+        def waited() -> None:
+            self._connection_waits += 1
+
+        return await wait_for_connection(
+            self._connect_pipeline,
+            patience=self.reconnect_timeout,
+            next_attempt=lambda: self._retry_at,
+            on_wait=waited,
+        )
 
     async def _connect_pipeline(self) -> SharedPipeline:
         self._check_open()
@@ -295,6 +348,8 @@ class ConnectionPool:
         self._forget(pipeline.connection)
         if not self._closed:
             self._connection_lost()
+            for listener in self._connection_listeners:
+                listener()
         self._generation += 1  # idle dedicated connections are suspect too
         if self._pipeline is pipeline:
             self._pipeline = None
@@ -356,6 +411,7 @@ class ConnectionPool:
             self._last_error = exc
             self._failed_since_success = True
             raise
+        notify = self._failed_since_success or self._opened == 0
         if self._failed_since_success:
             self._reconnects += 1
         self._failed_since_success = False
@@ -365,6 +421,9 @@ class ConnectionPool:
         connection.generation = self._generation
         self._opened += 1
         self._open.add(connection)
+        if notify:
+            for listener in self._connection_listeners:
+                listener()
         return connection
 
     async def _discover(self) -> ServerConfig:

@@ -71,6 +71,8 @@ class ClusterStatistics:
     slots_covered: int
     #: Pool statistics per node (``"host:port"``), for every node a pool was opened for.
     nodes: Mapping[str, PoolStatistics]
+    #: Retries of commands that could not be sent for want of a connection to their node.
+    connection_waits: int = 0
 
 
 class ClusterClient:
@@ -264,6 +266,15 @@ class ClusterClient:
         pool = await self._nodes.pool(address)
         return await pool.execute(*args)
 
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after any node's first connection, its losses and reconnects.
+
+        Synchronous and quick, as for :meth:`ConnectionPool.add_connection_listener
+        <anyio_layer.redis.pool.ConnectionPool.add_connection_listener>`; a failover
+        shows up as the promoted replica's first connection.
+        """
+        self._nodes.add_connection_listener(callback)
+
     def node_for_slot(self, slot: int) -> ServerConfig | None:
         """The node the current map says serves ``slot`` (None if unknown)."""
         address = self._map.slots[slot]
@@ -298,6 +309,7 @@ class ClusterClient:
             topology_refresh_failures=self._refresher.refresh_failures,
             slots_covered=self._map.covered(),
             nodes=self._nodes.statistics(),
+            connection_waits=router.connection_waits,
         )
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ that one command then runs after the others). Covered by the script tests of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import anyio
@@ -57,7 +57,15 @@ class Entry:
 class NodePools:
     """The connection pool of every node used so far, and the scripts each has cached."""
 
-    __slots__ = ("_loaded", "_options", "_task_group", "closed", "pools", "scripts")
+    __slots__ = (
+        "_connection_listeners",
+        "_loaded",
+        "_options",
+        "_task_group",
+        "closed",
+        "pools",
+        "scripts",
+    )
 
     def __init__(self, options: ConnectionOptions, task_group: anyio.abc.TaskGroup) -> None:
         self._options = options
@@ -67,7 +75,19 @@ class NodePools:
         self.scripts: dict[str, Script] = {}
         #: Per node, the SHA-1s of scripts it is known to have cached.
         self._loaded: dict[TCPAddress, set[str]] = {}
+        self._connection_listeners: list[Callable[[], None]] = []
         self.closed = False
+
+    def add_connection_listener(self, callback: Callable[[], None]) -> None:
+        """Register ``callback`` with every node's pool, present and future.
+
+        See :meth:`ConnectionPool.add_connection_listener
+        <anyio_layer.redis.pool.ConnectionPool.add_connection_listener>`: it runs after
+        a node's first connection (a promoted replica's, say) and after every reconnect.
+        """
+        self._connection_listeners.append(callback)
+        for pool in self.pools.values():
+            pool.add_connection_listener(callback)
 
     def check_open(self) -> None:
         """Raise :class:`~anyio_layer.exceptions.LayerClosedError` once closed."""
@@ -87,7 +107,13 @@ class NodePools:
         pool = self.pools.get(address)
         if pool is None:
             self.check_open()
-            pool = ConnectionPool(ServerConfig(address, self._options), self._task_group)
+            # The pool does not wait for a connection: the router retries a command
+            # that was never sent, within its own budget, on the slot's current owner.
+            pool = ConnectionPool(
+                ServerConfig(address, self._options), self._task_group, reconnect_timeout=0
+            )
+            for listener in self._connection_listeners:
+                pool.add_connection_listener(listener)
             self.pools[address] = pool
         return pool
 

@@ -21,6 +21,9 @@ for any command. A **connection error** is different: the command may or may
 not have run. The topology is refreshed and the command is retried (within
 ``retry_timeout``) only if the caller passed ``idempotent=True``; otherwise
 the :class:`~anyio_layer.exceptions.RedisConnectionError` is raised at once.
+The exception is :class:`~anyio_layer.exceptions.ConnectionUnavailableError`
+(no connection to the node could be made, so nothing was sent): such a
+command is retried like the replies above, whatever it is.
 A command is redirected at most ``max_redirections`` times before
 :class:`~anyio_layer.exceptions.TooManyRedirectionsError` is raised.
 
@@ -47,6 +50,7 @@ import anyio
 
 from ...exceptions import (
     ClusterUnavailableError,
+    ConnectionUnavailableError,
     RedisConnectionError,
     ResponseError,
     TooManyRedirectionsError,
@@ -84,6 +88,8 @@ class Router:
         self.asked = 0
         self.retries = 0
         self.connection_errors = 0
+        #: Commands retried because no connection to their node could be made (never sent).
+        self.connection_waits = 0
 
     async def run(self, entries: list[Entry], *, idempotent: bool) -> None:
         """Send ``entries`` (grouped per node), following redirections until all have a reply.
@@ -109,12 +115,14 @@ class Router:
             again: list[Entry] = []
             retry_error: ErrorReply | None = None
             connection_error: RedisConnectionError | None = None
+            maybe_sent = False
             for address, group in groups.items():
                 failure = failures.get(address)
                 if failure is not None:
                     if not isinstance(failure, RedisConnectionError):
                         raise failure
                     connection_error = failure
+                    maybe_sent |= not isinstance(failure, ConnectionUnavailableError)
                     self._nodes.forget_scripts(address)  # a restarted node has an empty cache
                     for entry in group:
                         entry.ask = None  # the ASK target may be the node that died
@@ -138,7 +146,9 @@ class Router:
             if connection_error is not None or retry_error is not None:
                 retry = retry or RetryBudget(self._retry_timeout)
                 if connection_error is not None:
-                    await self._connection_failed(connection_error, retry, idempotent)
+                    await self._connection_failed(
+                        connection_error, retry, idempotent or not maybe_sent
+                    )
                 elif retry_error is not None:
                     await self._pause_before_retry(retry, retry_error, connection_error=False)
             pending = again
@@ -182,7 +192,8 @@ class Router:
                 else:
                     raise
             except RedisConnectionError as exc:
-                await self._connection_failed(exc, retry, idempotent)
+                unsent = isinstance(exc, ConnectionUnavailableError)
+                await self._connection_failed(exc, retry, idempotent or unsent)
                 ask = None
 
     def _follow(
@@ -209,6 +220,8 @@ class Router:
     ) -> None:
         """A command failed with a connection error: re-learn the topology; retry if allowed."""
         self.connection_errors += 1
+        if isinstance(error, ConnectionUnavailableError):
+            self.connection_waits += 1
         if not idempotent:
             # The command may have run: never repeat it behind the caller's back.
             self._refresher.request()

@@ -14,9 +14,11 @@ Events sent to clients:
   (a database query, an HTTP call). Nothing goes to the room.
 
 The chat consumers re-add themselves to their group before each
-``group_send``: group membership expires (``group_expiry``) and is lost with
-the data when Redis restarts without persistence, and re-adding is the
-documented way to keep a long-lived member in its group.
+``group_send``: with channels_redis, group membership expires
+(``group_expiry``) and is lost with the data when Redis restarts without
+persistence, and re-adding is the documented way to keep a long-lived member
+in its group. :class:`PlainChatConsumer` does not: it joins once, on connect,
+as Channels' tutorial does, and relies on the queue layer's leases.
 """
 
 from __future__ import annotations
@@ -75,6 +77,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def redis_reconnect(self, event: dict[str, Any]) -> None:
         await self.send_json({"event": "redis_reconnect"})
+
+
+class PlainChatConsumer(ChatConsumer):
+    """:class:`ChatConsumer` without the re-adding: it joins its group once, on connect."""
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        await self.channel_layer.group_send(
+            self.group, {"type": "chat.message", "payload": content}
+        )
 
 
 class SyncChatConsumer(WebsocketConsumer):

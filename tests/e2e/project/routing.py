@@ -12,6 +12,7 @@ WORKER_CHANNEL = consumers.WORKER_CHANNEL
 websocket_urlpatterns = [
     path("ws/chat/<str:room>/", consumers.ChatConsumer.as_asgi()),
     path("ws/sync-chat/<str:room>/", consumers.SyncChatConsumer.as_asgi()),
+    path("ws/plain-chat/<str:room>/", consumers.PlainChatConsumer.as_asgi()),
     path("ws/ask/", consumers.AskConsumer.as_asgi()),
 ]
 

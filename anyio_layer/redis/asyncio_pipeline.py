@@ -3,8 +3,9 @@
 Under asyncio, :class:`~anyio_layer.redis.pool.ConnectionPool` runs its shared
 pipelined connection on :class:`AsyncioPipeline` instead of
 :class:`~anyio_layer.redis.pipeline.StreamPipeline` (an anyio byte stream plus
-a reader task). Trio, and the dedicated connections of blocking commands and
-subscribers, keep the anyio stream path. The two pipelines have the same
+a reader task). (Trio has its own fast path,
+:mod:`~anyio_layer.redis.trio_pipeline`; the dedicated connections of blocking
+commands and subscribers keep the anyio stream.) The pipelines have the same
 interface (:class:`~anyio_layer.redis.pipeline.SharedPipeline`) and the same
 contract; this one just skips anyio's stream machinery, which dominates the
 per-command cost under asyncio (a shielded cancel scope per write, an extra

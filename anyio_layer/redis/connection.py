@@ -22,6 +22,7 @@ the server.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final, TypeAlias
@@ -130,6 +131,18 @@ class Connection:
         """Read whatever bytes are available (for the pipelined reader)."""
         with translate_io_errors(self.server):
             return await self._stream.receive(READ_SIZE)
+
+    def raw_socket(self) -> socket.socket | None:
+        """The socket under a plain TCP or Unix stream (None under TLS), for a fast path.
+
+        Only :class:`~anyio_layer.redis.trio_pipeline.TrioPipeline` uses it,
+        after the handshake, instead of the stream; closing still goes through
+        :meth:`aclose`.
+        """
+        if self.server.options.tls is not None:
+            return None
+        sock: socket.socket | None = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        return sock
 
     async def execute(self, *args: Arg) -> object:
         """Send one command and return its reply, raising error replies.

@@ -37,8 +37,8 @@ from .exceptions import (
     ResponseError,
     TooManyRedirectionsError,
 )
-from .pubsub.layer import PubSubLayer, PubSubStatistics, open_pubsub_layer
-from .queue.layer import LayerChannel, LayerStatistics, QueueLayer, open_redis_layer
+from .pubsub import PubSubLayer, PubSubStatistics, open_pubsub_layer
+from .queue import LayerChannel, LayerStatistics, QueueLayer, open_redis_layer
 from .redis.pool import ConnectionPool, PoolStatistics, open_pool
 from .redis.scripts import Script
 

@@ -91,7 +91,7 @@ from bench_layer import (
 from bench_pubsub import PubSubOutcome
 
 from anyio_layer.exceptions import ConfigurationError
-from anyio_layer.pubsub.layer import open_pubsub_layer
+from anyio_layer.pubsub import open_pubsub_layer
 from anyio_layer.redis.cluster import ClusterClient, key_slot
 from anyio_layer.testing import RedisServer
 from anyio_layer.testing.cluster import CLUSTER_SLOTS, RedisCluster

@@ -89,7 +89,7 @@ from channels.exceptions import ChannelFull as ChannelsRedisChannelFull
 from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped]
 
 from anyio_layer.exceptions import ChannelFull as OurChannelFull
-from anyio_layer.queue.layer import open_redis_layer
+from anyio_layer.queue import open_redis_layer
 from anyio_layer.redis.protocol import Parser
 from anyio_layer.testing import RedisServer
 

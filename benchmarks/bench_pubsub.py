@@ -118,7 +118,7 @@ from channels.exceptions import ChannelFull as ChannelsRedisChannelFull
 from channels_redis.pubsub import RedisPubSubChannelLayer  # type: ignore[import-untyped]
 
 from anyio_layer.exceptions import ChannelFull as OurChannelFull
-from anyio_layer.pubsub.layer import open_pubsub_layer
+from anyio_layer.pubsub import open_pubsub_layer
 from anyio_layer.testing import RedisServer
 
 PREFIX: Final = "benchpubsub"

@@ -18,18 +18,16 @@ expect: :class:`channels.exceptions.ChannelFull` at capacity, ``TypeError``
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
-from anyio_layer.common.options import CapacityRules
-from anyio_layer.messages import random_client_prefix, registry
-from anyio_layer.queue.keyspace import check_cluster_prefix
-from anyio_layer.queue.layer import (
+from anyio_layer.messages import random_client_prefix
+from anyio_layer.queue import (
     DEFAULT_MAX_MESSAGE_SIZE,
     LayerStatistics,
     QueueLayer,
-    open_redis_layer,
+    QueueOptions,
+    open_queue_layer,
 )
-from anyio_layer.redis.hosts import ClusterConfig, parse_hosts
+from anyio_layer.redis.hosts import ClusterConfig
 
 from ._base import CoreLayerAdapter
 from ._runtime import LoopRuntime
@@ -40,7 +38,7 @@ __all__ = ["RedisChannelLayer"]
 class RedisChannelLayer(CoreLayerAdapter[QueueLayer]):
     """The sorted-set channel layer, with channels_redis's options and behaviour.
 
-    Internally there is one core :class:`~anyio_layer.queue.layer.QueueLayer`
+    Internally there is one core :class:`~anyio_layer.queue.QueueLayer`
     per event loop (see :mod:`channels_compat._runtime`). Each names its
     channels ``<client_prefix>-<n>`` and may receive from any channel of this
     object's ``client_prefix`` family, so a channel made by ``new_channel()``
@@ -63,40 +61,33 @@ class RedisChannelLayer(CoreLayerAdapter[QueueLayer]):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity)
+        self.client_prefix = random_client_prefix()
         # Validate everything now, so a bad CONFIG fails at start-up, not on first use.
-        self._hosts = parse_hosts(hosts)
-        if isinstance(self._hosts, ClusterConfig):
-            check_cluster_prefix(prefix)
-        self._capacities = CapacityRules.parse(capacity, channel_capacity)
+        self._options = QueueOptions.parse(
+            hosts=hosts,
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+            random_prefix_length=random_prefix_length,
+            serializer_format=serializer_format,
+            max_message_size=max_message_size,
+            client_prefix_family=self.client_prefix,
+        )
+        self._capacities = self._options.capacities
+        self._serializer = self._options.serializer
         self.hosts = hosts
         self.prefix = prefix
         self.group_expiry = group_expiry
         # A cluster is one logical server: channels_redis's ring has nothing to spread.
-        self.ring_size = 1 if isinstance(self._hosts, ClusterConfig) else len(self._hosts)
-        self.client_prefix = random_client_prefix()
-        self._serializer = registry.get_serializer(
-            serializer_format,
-            symmetric_encryption_keys=symmetric_encryption_keys,
-            random_prefix_length=random_prefix_length,
-            expiry=expiry,
-        )
-        self._options: dict[str, Any] = {
-            "hosts": self._hosts,
-            "prefix": prefix,
-            "expiry": expiry,
-            "group_expiry": group_expiry,
-            "capacity": capacity,
-            "channel_capacity": channel_capacity,
-            "symmetric_encryption_keys": symmetric_encryption_keys,
-            "random_prefix_length": random_prefix_length,
-            "serializer_format": serializer_format,
-            "max_message_size": max_message_size,
-            "client_prefix_family": self.client_prefix,
-        }
+        configs = self._options.hosts
+        self.ring_size = 1 if isinstance(configs, ClusterConfig) else len(configs)
         loop_numbers = itertools.count(1)
         self._runtime: LoopRuntime[QueueLayer] = LoopRuntime(
-            lambda: open_redis_layer(
-                **self._options, client_prefix=f"{self.client_prefix}-{next(loop_numbers)}"
+            lambda: open_queue_layer(
+                self._options.with_client_prefix(f"{self.client_prefix}-{next(loop_numbers)}")
             )
         )
 

@@ -46,7 +46,7 @@ from typing import Any
 
 from anyio_layer.exceptions import ConfigurationError
 from anyio_layer.messages import registry
-from anyio_layer.pubsub.layer import (
+from anyio_layer.pubsub import (
     DEFAULT_MAX_MESSAGE_SIZE,
     PubSubLayer,
     PubSubStatistics,

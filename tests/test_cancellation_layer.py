@@ -27,7 +27,9 @@ import anyio.lowlevel
 import pytest
 
 from anyio_layer.exceptions import ChannelFull
-from anyio_layer.queue.layer import _SEND, RESERVED_KEY, QueueLayer, open_redis_layer
+from anyio_layer.queue import QueueLayer, open_redis_layer
+from anyio_layer.queue.codec import RESERVED_KEY
+from anyio_layer.queue.scripts import SEND as _SEND
 from anyio_layer.redis.pool import ConnectionPool
 from anyio_layer.testing import RedisServer
 

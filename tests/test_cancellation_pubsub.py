@@ -29,7 +29,7 @@ import anyio.lowlevel
 import pytest
 
 from anyio_layer.exceptions import LayerClosedError
-from anyio_layer.pubsub.layer import PubSubLayer, open_pubsub_layer
+from anyio_layer.pubsub import PubSubLayer, open_pubsub_layer
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -30,8 +30,8 @@ import pytest
 from channels_redis.core import RedisChannelLayer
 
 from anyio_layer.exceptions import InvalidMessage
-from anyio_layer.messages.names import non_local_name
-from anyio_layer.queue.layer import QueueLayer, open_redis_layer
+from anyio_layer.messages import non_local_name
+from anyio_layer.queue import QueueLayer, open_redis_layer
 from anyio_layer.testing import RedisServer
 from channels_compat.core import RedisChannelLayer as AdapterChannelLayer
 

@@ -38,7 +38,7 @@ import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from anyio_layer.exceptions import InvalidMessage
-from anyio_layer.pubsub.layer import PubSubLayer, open_pubsub_layer
+from anyio_layer.pubsub import PubSubLayer, open_pubsub_layer
 from anyio_layer.testing import RedisServer
 from channels_compat.pubsub import RedisPubSubChannelLayer as AdapterPubSubLayer
 

@@ -28,8 +28,8 @@ import anyio
 import pytest
 
 from anyio_layer.exceptions import AuthenticationError, RedisConnectionError
-from anyio_layer.pubsub.layer import open_pubsub_layer
-from anyio_layer.queue.layer import open_redis_layer
+from anyio_layer.pubsub import open_pubsub_layer
+from anyio_layer.queue import open_redis_layer
 from anyio_layer.redis.cluster import key_slot
 from anyio_layer.testing import (
     RedisServer,

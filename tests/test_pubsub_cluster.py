@@ -21,7 +21,7 @@ import anyio.lowlevel
 import pytest
 
 from anyio_layer.exceptions import ConfigurationError, LayerClosedError, RedisConnectionError
-from anyio_layer.pubsub.layer import PubSubLayer, open_pubsub_layer
+from anyio_layer.pubsub import PubSubLayer, open_pubsub_layer
 from anyio_layer.redis.cluster import key_slot
 from anyio_layer.testing import RedisServer, find_all_redis_servers, redis_server_version
 from anyio_layer.testing.cluster import RedisCluster, run_redis_cluster

@@ -18,7 +18,7 @@ from anyio_layer.exceptions import (
     MessageTooLarge,
     RedisConnectionError,
 )
-from anyio_layer.pubsub.layer import PubSubLayer, open_pubsub_layer
+from anyio_layer.pubsub import PubSubLayer, open_pubsub_layer
 from anyio_layer.testing import RedisServer
 
 pytestmark = pytest.mark.anyio

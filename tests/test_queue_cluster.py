@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from anyio_layer.exceptions import ConfigurationError, RedisError
-from anyio_layer.queue.layer import QueueLayer, open_redis_layer
+from anyio_layer.queue import QueueLayer, open_redis_layer
 from anyio_layer.redis.cluster import key_slot
 from anyio_layer.redis.pool import ConnectionPool
 from anyio_layer.testing import find_all_redis_servers, redis_server_version

@@ -20,7 +20,7 @@ from anyio_layer.exceptions import (
     RedisConnectionError,
 )
 from anyio_layer.messages import SerializerDoesNotExist
-from anyio_layer.queue.layer import QueueLayer, open_redis_layer
+from anyio_layer.queue import QueueLayer, open_redis_layer
 from anyio_layer.testing import RedisServer, find_all_redis_servers
 
 pytestmark = pytest.mark.anyio

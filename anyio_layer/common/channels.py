@@ -1,4 +1,12 @@
-"""In-process pieces shared by both layers: local buffers and scoped channels."""
+"""In-process pieces shared by both layers: local buffers and scoped channels.
+
+Owns :class:`LocalBuffer` (one local channel's bounded, cancellation-safe
+message buffer), :class:`LayerChannel` (the handle ``open_channel()`` yields)
+and the :class:`ScopedChannels` mixin that gives a layer ``open_channel()``.
+It must NOT know Redis or either layer's internals: a layer plugs in through
+the ``_Layer`` / ``_ScopedLayer`` protocols below. Covered by
+``tests/test_queue_layer.py`` and ``tests/test_pubsub_layer.py``.
+"""
 
 from __future__ import annotations
 

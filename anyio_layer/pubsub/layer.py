@@ -76,98 +76,47 @@ in the background.
 Local buffers hold at most ``capacity`` messages per channel; when a consumer
 falls that far behind, its oldest message is dropped, logged and counted in
 :attr:`PubSubStatistics.local_buffer_overflows`.
+
+This module owns the public API and the layer's in-process state (channels,
+groups, idle times). It must NOT touch sockets or replies (``subscriber``,
+``subscriber_protocol``) nor decide which connection carries a name
+(``placement``). Covered by ``tests/test_pubsub_layer.py``,
+``tests/test_cancellation_pubsub.py``, ``tests/test_channels_redis_pubsub_compat.py``
+and ``tests/test_pubsub_cluster.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Final
 
 import anyio
 import anyio.abc
 
 from ..common.channels import LayerChannel, LocalBuffer, ScopedChannels
-from ..common.options import positive_number, require_prefix
 from ..common.sharding import consistent_hash
-from ..common.tasks import open_service_task_group
 from ..exceptions import (
     ConfigurationError,
     InvalidChannelName,
     InvalidMessage,
     LayerClosedError,
-    MessageDecodeError,
     MessageTooLarge,
-    RedisConnectionError,
     ResponseError,
 )
-from ..messages import MessageSerializer, registry, validate_channel_name, validate_group_name
-from ..redis.cluster import ClusterClient, open_cluster
-from ..redis.hosts import ClusterConfig, parse_hosts
-from ..redis.pool import ConnectionPool, open_pool
-from .subscriptions import ClusterSubscriptions, ShardedSubscriptions, Subscriber, Subscriptions
+from ..messages import MessageSerializer, validate_channel_name, validate_group_name
+from ..redis.cluster import ClusterClient
+from ..redis.pool import ConnectionPool
+from .cluster_placement import ClusterSubscriptions
+from .delivery import LocalDelivery
+from .janitor import close_idle_channels
+from .outages import Outages
+from .placement import ShardedSubscriptions, SubscriptionEvents, Subscriptions
+from .statistics import Counters, PubSubStatistics
+from .subscriber import Subscriber
 
-__all__ = ["LayerChannel", "PubSubLayer", "PubSubStatistics", "open_pubsub_layer"]
-
-logger = logging.getLogger("anyio_layer")
-
-DEFAULT_MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class PubSubStatistics:
-    """A snapshot of a pub/sub layer's counters since it was opened."""
-
-    #: Messages published by ``send()`` and ``group_send()``.
-    messages_sent: int
-    group_sends: int
-    #: Messages handed to callers of ``receive()``.
-    messages_received: int
-    #: Messages that arrived for a channel or group this process no longer has.
-    unroutable: int
-    #: Oldest messages dropped because a consumer's buffer was full.
-    local_buffer_overflows: int
-    #: Messages that could not be decrypted or deserialized.
-    decode_errors: int
-    #: Subscription losses (a subscriber connection dropped, or on a cluster a
-    #: slot moved away), and recoveries from them with every lost subscription
-    #: restored: one each per event, however many channels it concerned.
-    disconnects: int
-    reconnects: int
-    #: Redis channels (local channels and groups) currently subscribed.
-    subscriptions: int
-    #: Subscriber connections currently open (one per server or cluster node in use).
-    subscriber_connections: int
-
-
-class _Counters:
-    def __init__(self) -> None:
-        self.sent = 0
-        self.group_sends = 0
-        self.received = 0
-        self.unroutable = 0
-        self.overflows = 0
-        self.decode_errors = 0
-        self.disconnects = 0
-        self.reconnects = 0
-
-
-class _Outage:
-    """Names whose subscription was lost together, and the channels told about it."""
-
-    __slots__ = ("abandoned", "cause", "listeners", "names")
-
-    def __init__(self, cause: object) -> None:
-        self.cause = cause
-        self.names: set[str] = set()
-        self.listeners: dict[str, None] = {}
-        #: Some name of it could not be subscribed again: no on_reconnect.
-        self.abandoned = False
+__all__ = ["LayerChannel", "PubSubLayer", "PubSubStatistics"]
 
 
 class PubSubLayer(ScopedChannels):
@@ -191,14 +140,6 @@ class PubSubLayer(ScopedChannels):
         dict_messages_only: bool = True,
     ) -> None:
         self._task_group = task_group
-        self._subscriptions: Subscriptions
-        if cluster is not None:
-            where = f"the Redis Cluster at {', '.join(map(str, cluster.seeds))}"
-            self._subscriptions = ClusterSubscriptions(self, cluster, where)
-        elif pools:
-            self._subscriptions = ShardedSubscriptions(self, pools)
-        else:
-            raise ConfigurationError("the pub/sub layer needs at least one server or a cluster")
         self.prefix = prefix
         self.capacity = capacity
         self.serializer = serializer
@@ -211,21 +152,39 @@ class PubSubLayer(ScopedChannels):
         self._channels: dict[str, LocalBuffer] = {}
         #: Group Redis channel -> member local channels.
         self._groups: dict[str, set[str]] = {}
-        self._counters = _Counters()
+        self._counters = Counters()
         self._closed = False
         #: Close channels nobody has received from for this long (None: never).
         self.idle_channel_timeout = idle_channel_timeout
         self._idle_since: dict[str, float] = {}
         self._janitor_started = False
-        #: Subscriptions lost and not back yet, each in the outage that lost it.
-        self._lost: dict[str, _Outage] = {}
-        #: Outages not over yet, by cause (when they have one).
-        self._outages: dict[object, _Outage] = {}
+        delivery = LocalDelivery(
+            self._channels, self._groups, serializer, self._counters, dict_messages_only
+        )
+        outages = Outages(delivery, self._counters, on_disconnect, on_reconnect)
+        events = SubscriptionEvents(
+            deliver=delivery.deliver,
+            names_lost=outages.names_lost,
+            names_restored=outages.names_restored,
+            names_abandoned=outages.names_abandoned,
+        )
+        self._subscriptions: Subscriptions
+        if cluster is not None:
+            where = f"the Redis Cluster at {', '.join(map(str, cluster.seeds))}"
+            self._subscriptions = ClusterSubscriptions(events, task_group, cluster, where)
+        elif pools:
+            self._subscriptions = ShardedSubscriptions(events, task_group, pools)
+        else:
+            raise ConfigurationError("the pub/sub layer needs at least one server or a cluster")
 
     # -- the channel layer API ------------------------------------------------------
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Publish ``message`` to ``channel`` (lost if nobody is subscribed)."""
+        """Publish ``message`` to ``channel`` (lost if nobody is subscribed).
+
+        Cancelled, it published the message once or not at all, and the
+        connection stays usable.
+        """
         self._check_open()
         validate_channel_name(channel)
         payload = self._encode(message)
@@ -233,7 +192,11 @@ class PubSubLayer(ScopedChannels):
         self._counters.sent += 1
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        """Publish ``message`` once to the group's Redis channel."""
+        """Publish ``message`` once to the group's Redis channel.
+
+        Cancelled, it published the message once or not at all, and the
+        connection stays usable.
+        """
         self._check_open()
         validate_group_name(group)
         payload = self._encode(message)
@@ -241,7 +204,11 @@ class PubSubLayer(ScopedChannels):
         self._counters.group_sends += 1
 
     async def new_channel(self, prefix: str = "specific.") -> str:
-        """Create and subscribe a new channel, named as channels_redis's pub/sub layer does."""
+        """Create and subscribe a new channel, named as channels_redis's pub/sub layer does.
+
+        Cancelled (or timed out), it leaves no channel and no subscription
+        behind: a SUBSCRIBE already written is followed by an UNSUBSCRIBE.
+        """
         self._check_open()
         channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
         validate_channel_name(channel)
@@ -251,7 +218,9 @@ class PubSubLayer(ScopedChannels):
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``, subscribing it first if needed.
 
-        Cancelling loses nothing: the message stays buffered for the next call.
+        Cancelling loses nothing: the message stays buffered for the next call;
+        cancelled while subscribing the channel, it undoes that subscription
+        unless the channel has another receiver or a buffered message.
         """
         self._check_open()
         buffer = self._channels.get(channel)
@@ -277,7 +246,11 @@ class PubSubLayer(ScopedChannels):
         return message
 
     async def group_add(self, group: str, channel: str) -> None:
-        """Add a channel of this process to ``group`` (subscribing the group if needed)."""
+        """Add a channel of this process to ``group`` (subscribing the group if needed).
+
+        Cancelled (or timed out), it counts as done: the channel is in the
+        group, and the group's subscription completes in the background.
+        """
         self._check_open()
         validate_group_name(group)
         validate_channel_name(channel)
@@ -298,14 +271,20 @@ class PubSubLayer(ScopedChannels):
             raise
 
     async def group_discard(self, group: str, channel: str) -> None:
-        """Remove ``channel`` from ``group``; unsubscribe the group when it has no local member."""
+        """Remove ``channel`` from ``group``; unsubscribe the group when it has no local member.
+
+        Cancellation does not interrupt it: its only await is a shielded UNSUBSCRIBE write.
+        """
         self._check_open()
         validate_group_name(group)
         validate_channel_name(channel)
         await self._leave(self._group_channel(group), channel)
 
     async def close_channel(self, channel: str) -> None:
-        """Unsubscribe ``channel``, take it out of its groups and drop its buffer."""
+        """Unsubscribe ``channel``, take it out of its groups and drop its buffer.
+
+        Cancellation does not interrupt it: its only awaits are shielded UNSUBSCRIBE writes.
+        """
         self._check_open()
         buffer = self._channels.pop(channel, None)
         self._idle_since.pop(channel, None)
@@ -317,7 +296,10 @@ class PubSubLayer(ScopedChannels):
         await self._subscriptions.unsubscribe(channel)
 
     async def flush(self) -> None:
-        """Unsubscribe everything and forget every channel, group and buffered message."""
+        """Unsubscribe everything and forget every channel, group and buffered message.
+
+        Cancellation does not interrupt it: its only awaits are shielded UNSUBSCRIBE writes.
+        """
         self._check_open()
         for name in self._subscriptions.names():
             await self._subscriptions.unsubscribe(name)
@@ -359,25 +341,20 @@ class PubSubLayer(ScopedChannels):
             await self.close_channel(name)
 
     def _start_janitor(self) -> None:
-        if self.idle_channel_timeout is not None and not self._janitor_started:
-            self._janitor_started = True
-            self._task_group.start_soon(self._close_idle_channels, name="anyio_layer janitor")
-
-    async def _close_idle_channels(self) -> None:
-        """Close channels that had no receiver for ``idle_channel_timeout`` seconds."""
         timeout = self.idle_channel_timeout
-        if timeout is None:
-            return
-        while True:
-            await anyio.sleep(max(timeout / 4, 0.01))
-            cutoff = time.monotonic() - timeout
-            for channel in [name for name, since in self._idle_since.items() if since < cutoff]:
-                if self._idle_since.get(channel, cutoff + 1) >= cutoff:
-                    continue  # a receiver arrived while an earlier channel was closed
-                try:
-                    await self.close_channel(channel)
-                except RedisConnectionError as exc:  # unsubscribed on reconnect anyway
-                    logger.debug("closing idle channel %r: %s", channel, exc)
+        if timeout is not None and not self._janitor_started:
+            self._janitor_started = True
+            self._task_group.start_soon(
+                close_idle_channels,
+                self._idle_since,
+                timeout,
+                self.close_channel,
+                name="anyio_layer janitor",
+            )
+
+    def mark_closed(self) -> None:
+        """Make every later call raise LayerClosedError (its factory's block has exited)."""
+        self._closed = True
 
     def _check_open(self) -> None:
         if self._closed:
@@ -425,209 +402,3 @@ class PubSubLayer(ScopedChannels):
                 f"{self.max_message_size} bytes (max_message_size)"
             )
         return payload
-
-    def _dispatch(self, name: str, data: bytes) -> None:
-        """File a published message into the buffers of the local channels it is for."""
-        members = self._groups.get(name)
-        targets = list(members) if members else ([name] if name in self._channels else [])
-        if not targets:
-            self._counters.unroutable += 1
-            return
-        try:
-            message = self.serializer.deserialize(data)
-            if not isinstance(message, dict) and self.dict_messages_only:
-                raise MessageDecodeError(f"decoded message is a {type(message).__name__}")
-        except Exception as exc:
-            self._counters.decode_errors += 1
-            logger.error("dropping a message published to %r: %s", name, exc)
-            return
-        now = time.monotonic()
-        copy_of = dict if isinstance(message, dict) else copy.copy
-        for index, channel in enumerate(targets):
-            self._deliver(channel, now, message if index == 0 else copy_of(message))
-
-    def _deliver(self, channel: str, now: float, message: dict[str, Any]) -> None:
-        buffer = self._channels.get(channel)
-        if buffer is None:
-            self._counters.unroutable += 1
-        elif not buffer.put(now, message):
-            self._counters.overflows += 1
-            logger.warning(
-                "local buffer of %r is full (%d messages): dropped its oldest message",
-                channel,
-                buffer.capacity,
-            )
-
-    def _listeners_of(self, names: Iterable[str]) -> list[str]:
-        """Local channels that hear something through ``names`` (each once)."""
-        listeners: dict[str, None] = {}
-        for name in names:
-            if name in self._channels:
-                listeners[name] = None
-            for member in self._groups.get(name, ()):
-                listeners[member] = None
-        return list(listeners)
-
-    def _names_lost(self, names: Collection[str], cause: object = None) -> None:
-        """Subscriptions of ``names`` were lost: an outage, announced to their listeners.
-
-        Names already lost (in an outage not over yet) are not announced again.
-        Losses with the same ``cause`` (not None) while its outage lasts are
-        one outage: channels already told about it are not told again.
-        """
-        lost = self._lost
-        new = [name for name in names if name not in lost]
-        if not new:
-            return
-        outage = self._outages.get(cause) if cause is not None else None
-        if outage is None:
-            outage = _Outage(cause)
-            if cause is not None:
-                self._outages[cause] = outage
-            self._counters.disconnects += 1
-        outage.names.update(new)
-        for name in new:
-            lost[name] = outage
-        listeners = [c for c in self._listeners_of(new) if c not in outage.listeners]
-        outage.listeners.update(dict.fromkeys(listeners))
-        if self.on_disconnect:
-            now = time.monotonic()
-            for channel in listeners:
-                self._deliver(channel, now, {"type": self.on_disconnect})
-
-    def _names_restored(self, names: Iterable[str]) -> None:
-        """``names`` are subscribed again (or no longer wanted); end the outages they complete."""
-        self._end_outages(names, abandoned=False)
-
-    def _names_abandoned(self, names: Iterable[str]) -> None:
-        """``names`` will not be subscribed again (the server refused): no on_reconnect for them."""
-        self._end_outages(names, abandoned=True)
-
-    def _end_outages(self, names: Iterable[str], *, abandoned: bool) -> None:
-        lost = self._lost
-        if not lost:
-            return
-        for name in names:
-            outage = lost.pop(name, None)
-            if outage is None:
-                continue
-            outage.names.discard(name)
-            outage.abandoned = outage.abandoned or abandoned
-            if outage.names:
-                continue
-            if outage.cause is not None and self._outages.get(outage.cause) is outage:
-                del self._outages[outage.cause]
-            if outage.abandoned:
-                continue
-            self._counters.reconnects += 1
-            if self.on_reconnect:
-                now = time.monotonic()
-                for channel in outage.listeners:
-                    if channel in self._channels:
-                        self._deliver(channel, now, {"type": self.on_reconnect})
-
-
-_OPTIONS: Final = (
-    "hosts",
-    "prefix",
-    "symmetric_encryption_keys",
-    "serializer_format",
-    "on_disconnect",
-    "on_reconnect",
-    "capacity",
-    "max_message_size",
-    "idle_channel_timeout",
-    "dict_messages_only",
-)
-
-
-@contextlib.asynccontextmanager
-async def open_pubsub_layer(
-    *,
-    hosts: object = None,
-    prefix: str = "asgi",
-    symmetric_encryption_keys: object = None,
-    serializer_format: str = "msgpack",
-    on_disconnect: str | None = None,
-    on_reconnect: str | None = None,
-    capacity: int = 100,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    idle_channel_timeout: float | None = None,
-    dict_messages_only: bool = True,
-    **unknown: object,
-) -> AsyncIterator[PubSubLayer]:
-    """Open the pub/sub layer; its options are channels_redis's pub/sub ``CONFIG`` keys.
-
-    Additions to channels_redis's options: ``capacity`` bounds each local
-    channel's buffer (channels_redis's are unbounded); ``idle_channel_timeout``
-    closes (unsubscribes, drops the buffer of) a channel that has had no
-    receiver for that many seconds since its creation or since a
-    ``receive()`` ended *without* a message (cancelled: what a consumer that
-    exits looks like). A consumer busy handling a message keeps its channel
-    however long it takes. ``None`` (the default) keeps channels until
-    :meth:`PubSubLayer.close_channel`. Leaving the block stops every task and closes every
-    connection; calls made afterwards raise
-    :class:`~anyio_layer.exceptions.LayerClosedError`.
-
-    Messages are dicts, as the Channels specification says: anything else
-    raises :class:`~anyio_layer.exceptions.InvalidMessage` when sent, and a
-    non-dict published by another process is dropped and counted in
-    :attr:`PubSubStatistics.decode_errors`. ``dict_messages_only=False``
-    lifts that rule, as channels_redis's pub/sub layer has none: any value
-    the serializer can encode is sent and delivered (the Channels adapter
-    sets it).
-
-    ``hosts`` may name independent servers (sharded by channels_redis's ring),
-    a Sentinel-managed primary, or the seeds of a Redis Cluster (Redis 7+:
-    sharded pub/sub; see the module docstring for what a moving slot means
-    for delivery). Nothing is connected before the first call that needs it.
-    """
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option(s) for the pub/sub layer: {', '.join(sorted(unknown))}; "
-            f"allowed: {', '.join(_OPTIONS)}"
-        )
-    configs = parse_hosts(hosts)
-    prefix = require_prefix(prefix)
-    for name, value in (("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigurationError(
-                f"{name} must be a message type string such as 'redis.disconnect', not {value!r}"
-            )
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ConfigurationError(f"capacity must be a positive integer, not {capacity!r}")
-    max_message_size = int(positive_number(max_message_size, "max_message_size"))
-    if idle_channel_timeout is not None:
-        idle_channel_timeout = positive_number(idle_channel_timeout, "idle_channel_timeout")
-    if not isinstance(dict_messages_only, bool):
-        raise ConfigurationError(
-            f"dict_messages_only must be True or False, not {dict_messages_only!r}"
-        )
-    serializer = registry.get_serializer(
-        serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
-    )
-    async with contextlib.AsyncExitStack() as stack:
-        cluster: ClusterClient | None = None
-        pools: list[ConnectionPool] = []
-        if isinstance(configs, ClusterConfig):
-            cluster = await stack.enter_async_context(open_cluster(configs.seeds))
-        else:
-            pools = [await stack.enter_async_context(open_pool(config)) for config in configs]
-        async with open_service_task_group() as task_group:
-            layer = PubSubLayer(
-                pools=pools,
-                cluster=cluster,
-                task_group=task_group,
-                prefix=prefix,
-                capacity=capacity,
-                serializer=serializer,
-                max_message_size=max_message_size,
-                on_disconnect=on_disconnect,
-                on_reconnect=on_reconnect,
-                idle_channel_timeout=idle_channel_timeout,
-                dict_messages_only=dict_messages_only,
-            )
-            try:
-                yield layer
-            finally:
-                layer._closed = True

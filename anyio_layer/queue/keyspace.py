@@ -1,14 +1,23 @@
-"""Where the queue layer's keys live: independent servers, or one Redis Cluster.
+"""Where the queue layer's keys live: key names, and the server each key is on.
 
-The queue layer never talks to a connection pool or a cluster client
-directly. It asks a :class:`KeySpace` for a channel's or a group's key and
-its :class:`KeyHome` (the place that key lives) and runs its commands there.
-There are two key spaces:
+Owns naming every key of the queue layer and placing it; must not decide
+anything about messages (that is the layer's). The queue layer never talks to
+a connection pool or a cluster client directly. It asks a :class:`KeySpace`
+for a channel's or a group's key and its :class:`KeyServer` (where that key
+lives) and runs its commands there. There are two key spaces:
 
-* :class:`ShardedKeySpace`, for ``hosts`` listing independent servers: the
-  key names are channels_redis's (see :mod:`anyio_layer.common.sharding`) and each
-  name is placed on a server by channels_redis's CRC32 ring, so both
-  libraries can share the servers during a migration.
+* :class:`ShardedKeySpace`, for ``hosts`` listing independent servers. The
+  layout is channels_redis 4.x's, so both libraries can share the servers
+  during a migration: a channel's messages live in the sorted set
+  ``prefix + non_local_name(channel)`` (for a process-local channel,
+  ``specific.<client>!<suffix>``, that is the key of its non-local part,
+  shared by every local channel of the process); a group's members live in
+  ``prefix + ":group:" + group``; and a key's server is the CRC32 ring
+  position (:func:`~anyio_layer.common.sharding.consistent_hash`) of the name
+  it was derived from. Unlike channels_redis, which hashes a process-local
+  channel's *full* name on send but its *non-local* name on receive (so with
+  several hosts a message can land on a shard nobody reads), every placement
+  here hashes the non-local name.
 * :class:`ClusterKeySpace`, for a Redis Cluster. The name part of every key
   is wrapped in a hash tag: a channel lives in ``prefix{name}`` and a group
   in ``prefix:group:{group}``, where ``name`` is the channel's non-local part
@@ -26,6 +35,9 @@ the slot's new owner after a connection error. Everything else (sends, pops,
 putting a popped message back) fails with
 :class:`~anyio_layer.exceptions.RedisConnectionError` instead, as on a
 single server, because it may already have run.
+
+Covered by ``tests/test_queue_layer.py`` (placement over several servers) and
+``tests/test_queue_cluster.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from typing import Protocol
 
 import anyio
 
-from ..common.sharding import Router, scan_pattern
+from ..common.sharding import consistent_hash
 from ..exceptions import ConfigurationError, ResponseError
 from ..messages import non_local_name
 from ..redis.cluster import ClusterClient, key_slot
@@ -46,7 +58,7 @@ from ..redis.scripts import Script
 
 __all__ = [
     "ClusterKeySpace",
-    "KeyHome",
+    "KeyServer",
     "KeySpace",
     "ShardedKeySpace",
     "check_cluster_prefix",
@@ -58,8 +70,8 @@ _SCAN_COUNT = 1000
 OnCancelledReply = Callable[[object], Awaitable[None]]
 
 
-class KeyHome(Protocol):
-    """The server (or cluster slot) that one key lives on; commands about that key run here."""
+class KeyServer(Protocol):
+    """Where one key lives (a server, or the node serving its slot): its commands run here."""
 
     async def execute(self, *args: Arg, idempotent: bool = False) -> object: ...
 
@@ -83,11 +95,11 @@ class KeySpace(Protocol):
 
     def group_key(self, group: str) -> bytes: ...
 
-    def channel(self, channel: str) -> tuple[bytes, KeyHome]:
+    def channel(self, channel: str) -> tuple[bytes, KeyServer]:
         """The key holding ``channel``'s messages, and where it lives."""
         ...
 
-    def group(self, group: str) -> tuple[bytes, KeyHome]:
+    def group(self, group: str) -> tuple[bytes, KeyServer]:
         """The key holding ``group``'s members, and where it lives."""
         ...
 
@@ -122,8 +134,8 @@ class KeySpace(Protocol):
 # -- independent servers ---------------------------------------------------------------------
 
 
-class _ServerHome:
-    """A :class:`KeyHome` on one server: its connection pool, minus the retry hints."""
+class _PoolKeyServer:
+    """A :class:`KeyServer` on one server: its connection pool, minus the retry hints."""
 
     __slots__ = ("pool",)
 
@@ -153,25 +165,27 @@ class ShardedKeySpace:
     def __init__(self, pools: Sequence[ConnectionPool], prefix: str) -> None:
         self.prefix = prefix
         self.pools = tuple(pools)
-        self._homes = tuple(_ServerHome(pool) for pool in pools)
-        self._router = Router(prefix, len(self.pools))
+        self._servers = tuple(_PoolKeyServer(pool) for pool in pools)
+        self._ring_size = len(self.pools)
 
     def channel_key(self, channel: str) -> bytes:
-        return self._router.channel_key(channel)
+        return (self.prefix + non_local_name(channel)).encode()
 
     def group_key(self, group: str) -> bytes:
-        return self._router.group_key(group)
+        return f"{self.prefix}:group:{group}".encode()
 
-    def channel(self, channel: str) -> tuple[bytes, KeyHome]:
-        router = self._router
-        return router.channel_key(channel), self._homes[router.channel_shard(channel)]
+    def channel(self, channel: str) -> tuple[bytes, KeyServer]:
+        return self.channel_key(channel), self._servers[self._channel_shard(channel)]
 
-    def group(self, group: str) -> tuple[bytes, KeyHome]:
-        router = self._router
-        return router.group_key(group), self._homes[router.group_shard(group)]
+    def group(self, group: str) -> tuple[bytes, KeyServer]:
+        return self.group_key(group), self._servers[consistent_hash(group, self._ring_size)]
 
     def shard_of(self, name: str) -> int:
-        return self._router.channel_shard(name)
+        return self._channel_shard(name)
+
+    def _channel_shard(self, channel: str) -> int:
+        """The ring position of the channel's non-local name, for send and receive alike."""
+        return consistent_hash(non_local_name(channel), self._ring_size)
 
     async def eval_batched(
         self,
@@ -181,7 +195,7 @@ class ShardedKeySpace:
     ) -> list[object]:
         by_shard: dict[int, list[bytes]] = {}
         for key, channel in keys.items():
-            by_shard.setdefault(self._router.channel_shard(channel), []).append(key)
+            by_shard.setdefault(self._channel_shard(channel), []).append(key)
         replies: list[object] = []
 
         async def run(shard: int, batch: list[bytes]) -> None:
@@ -197,7 +211,7 @@ class ShardedKeySpace:
         return replies
 
     async def delete_matching(self) -> None:
-        pattern = self._router.scan_pattern()
+        pattern = _scan_pattern(self.prefix)
         for pool in self.pools:
             async for keys in _scan(pool.execute, pattern):
                 await pool.execute("UNLINK", *keys)
@@ -212,8 +226,8 @@ class ShardedKeySpace:
 # -- Redis Cluster ------------------------------------------------------------------------------
 
 
-class _SlotHome:
-    """A :class:`KeyHome` for one key of a cluster: commands follow its slot wherever it goes."""
+class _SlotKeyServer:
+    """A :class:`KeyServer` for one key of a cluster: commands follow its slot wherever it goes."""
 
     __slots__ = ("_client", "_key")
 
@@ -264,13 +278,13 @@ class ClusterKeySpace:
     def group_key(self, group: str) -> bytes:
         return f"{self.prefix}:group:{{{group}}}".encode()
 
-    def channel(self, channel: str) -> tuple[bytes, KeyHome]:
+    def channel(self, channel: str) -> tuple[bytes, KeyServer]:
         key = self.channel_key(channel)
-        return key, _SlotHome(self._client, key)
+        return key, _SlotKeyServer(self._client, key)
 
-    def group(self, group: str) -> tuple[bytes, KeyHome]:
+    def group(self, group: str) -> tuple[bytes, KeyServer]:
         key = self.group_key(group)
-        return key, _SlotHome(self._client, key)
+        return key, _SlotKeyServer(self._client, key)
 
     def shard_of(self, name: str) -> int:
         return 0  # one cluster is one logical server
@@ -293,7 +307,7 @@ class ClusterKeySpace:
         )
 
     async def delete_matching(self) -> None:
-        pattern = scan_pattern(self.prefix)
+        pattern = _scan_pattern(self.prefix)
         for node in await self._client.primaries():
             execute = functools.partial(self._client.execute_on, node)
             async for keys in _scan(execute, pattern):
@@ -308,6 +322,12 @@ class ClusterKeySpace:
 
     def describe(self) -> str:
         return f"cluster {self._client!r}"
+
+
+def _scan_pattern(prefix: str) -> bytes:
+    """A SCAN MATCH pattern for every key that starts with ``prefix`` (glob characters escaped)."""
+    escaped = "".join("\\" + char if char in "*?[]\\" else char for char in prefix)
+    return (escaped + "*").encode()
 
 
 async def _scan(

@@ -14,7 +14,7 @@ and every replica is in sync with its primary.
 
 In async code (asyncio or trio)::
 
-    from anyio_layer.redis.cluster.client import key_slot
+    from anyio_layer.redis.cluster import key_slot
     from anyio_layer.testing.cluster import run_redis_cluster
 
     async with run_redis_cluster(primaries=3, replicas=1) as cluster:

@@ -52,8 +52,9 @@ from __future__ import annotations
 import math
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+import anyio
 import outcome
 import trio
 import trio.lowlevel
@@ -62,10 +63,39 @@ from ..exceptions import LayerClosedError, ProtocolError, RedisConnectionError, 
 from .connection import READ_SIZE, Connection
 from .protocol import NEED_DATA, Parser
 
-__all__ = ["TrioPipeline"]
+__all__ = ["TrioPipeline", "socket_reader"]
 
 _reschedule = trio.lowlevel.reschedule
 _Value = outcome.Value
+
+
+def socket_reader(sock: socket.socket) -> Callable[[], Awaitable[bytes]]:
+    """``receive()`` for a dedicated connection's plain socket under trio.
+
+    Behaves as the anyio stream's ``receive`` (the same exceptions, so
+    :func:`~anyio_layer.redis.connection.translate_io_errors` applies) with
+    one ``recv`` per read instead of trio's "try, then wait" two, and without
+    the stream wrappers. Used once the caller has data to wait for, which is
+    always the case for these connections.
+    """
+    wait_readable = trio.lowlevel.wait_readable
+
+    async def receive() -> bytes:
+        while True:
+            try:
+                await wait_readable(sock)
+                data = sock.recv(READ_SIZE)
+            except BlockingIOError:
+                continue
+            except trio.ClosedResourceError as exc:
+                raise anyio.ClosedResourceError from exc
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    return receive
 
 
 class _Request:

@@ -9,7 +9,8 @@ stream for TLS (:mod:`anyio_layer.redis.pipeline`), with its reader task in
 the pool's task group.
 
 Blocking commands (``BZPOPMIN``) and subscribers get **dedicated
-connections**, lent to one task at a time by :meth:`ConnectionPool.connection`.
+connections**, lent to one task at a time by :meth:`ConnectionPool.connection`
+(under asyncio on :mod:`anyio_layer.redis.asyncio_stream`, which keeps reading).
 
 Cancellation contract (tested in ``tests/test_cancellation_connection.py``):
 
@@ -55,6 +56,7 @@ import anyio.abc
 from ..common.tasks import open_service_task_group
 from ..exceptions import LayerClosedError, RedisConnectionError
 from .asyncio_pipeline import open_asyncio_pipeline, running_on_asyncio
+from .asyncio_stream import open_protocol_stream
 from .config import HostConfig, SentinelConfig, ServerConfig
 from .connection import Connection, OpenStream, connect, raise_for_reply
 from .hosts import DEFAULT_HOST, parse_host
@@ -324,7 +326,8 @@ class ConnectionPool:
             if not connection.broken:
                 return connection
             await self._discard(connection)
-        return await self._connect()
+        # Under asyncio a dedicated connection reads through a stream that keeps reading on.
+        return await self._connect(open_protocol_stream if running_on_asyncio() else None)
 
     async def _checkin(self, connection: Connection) -> None:
         if connection.broken or self._closed or connection.generation != self._generation:

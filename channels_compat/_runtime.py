@@ -18,6 +18,20 @@ project that nobody awaits, and it is deliberate:
   its connections close before the loop does;
 * :meth:`LoopRuntime.close` stops the current loop's layer on demand.
 
+Some servers stop their loop without that shutdown: daphne's Twisted reactor
+stops the asyncio loop and never closes it, and daphne 4.2 may not even cancel
+its application tasks (its shutdown hook raises ``KeyError`` when a connection's
+application has already finished, e.g. an HTTP keep-alive connection). The
+host task, the core's tasks, and the server's tasks would then stay suspended
+until the interpreter's last garbage collection, after the ``_asyncio``
+extension module is gone; finalizing such a coroutine can then crash CPython
+3.11 before 3.11.8 with a segmentation fault (CPython gh-113566, e.g. in
+``asyncio.Queue.get``, daphne's ``receive``). So at interpreter exit (``atexit``)
+every loop that still hosts an open layer and is stopped but not closed is run
+once more until its layer is closed (at most :data:`EXIT_TIMEOUT` seconds):
+the core's tasks stop, its connections close, and the callbacks already due
+on that loop run, rather than being left to interpreter teardown.
+
 No event loop method is patched, and layers are held in a
 ``WeakKeyDictionary`` keyed by loop, so a loop that is gone leaves nothing
 behind. The map is guarded by a lock, so one layer object can be used from
@@ -27,16 +41,20 @@ several threads, each with its own loop.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import threading
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["LoopRuntime"]
+__all__ = ["EXIT_TIMEOUT", "LoopRuntime"]
 
 L = TypeVar("L")
+
+#: Seconds a stopped loop gets at interpreter exit to close its layer.
+EXIT_TIMEOUT = 5.0
 
 
 class _Host(Generic[L]):
@@ -86,6 +104,7 @@ class LoopRuntime(Generic[L]):
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        _RUNTIMES.add(self)
 
     async def layer(self) -> L:
         """The current loop's core layer, opening it on first use."""
@@ -116,3 +135,32 @@ class LoopRuntime(Generic[L]):
         """How many event loops have a core layer open (for tests and diagnostics)."""
         with self._lock:
             return sum(not host.finished for host in self._hosts.values())
+
+    def close_stopped_loops(self, timeout: float = EXIT_TIMEOUT) -> None:
+        """Close the layers of loops that were stopped but not closed (blocking).
+
+        Runs each such loop until its layer is closed, at most ``timeout``
+        seconds; loops that are running or closed are left alone. Called at
+        interpreter exit; see the module documentation.
+        """
+        with self._lock:
+            hosts = list(self._hosts.items())
+        for loop, host in hosts:
+            if host.finished or loop.is_running() or loop.is_closed():
+                continue
+            with contextlib.suppress(Exception):  # best effort: the process is exiting
+                loop.run_until_complete(_stop_within(host, timeout))
+
+
+async def _stop_within(host: _Host[L], timeout: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError on 3.11+
+        await asyncio.wait_for(host.stop(), timeout)
+
+
+_RUNTIMES: weakref.WeakSet[LoopRuntime[Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_stopped_loops() -> None:
+    for runtime in list(_RUNTIMES):
+        runtime.close_stopped_loops()

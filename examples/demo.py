@@ -1,15 +1,18 @@
 """The chat demo: two chat server processes sharing one Redis, for two browser windows.
 
-    python examples/demo.py                    # the Django Channels chat, served by daphne
-    python examples/demo.py --example trio     # the trio chat (anyio_layer directly)
-    python examples/demo.py --cluster          # the same, on a private Redis Cluster
+    python examples/demo.py                      # the Django Channels chat, served by daphne
+    python examples/demo.py --example trio       # the trio chat (anyio_layer directly)
+    python examples/demo.py --example starlette  # Starlette: uvicorn (asyncio), hypercorn (trio)
+    python examples/demo.py --cluster            # the same, on a private Redis Cluster
 
 It starts a private ``redis-server`` (through ``anyio_layer.testing``; with
 ``--cluster``, a Redis Cluster of 3 primaries and 3 replicas) unless
-``REDIS_URL`` is set, then two server processes of a chat example on ports
-8001 and 8002, and prints the two addresses to open. A line typed in one
-window appears in the other: each server process sends it to the room's group
-in Redis, and every member of the room, on either process, receives it.
+``REDIS_URL`` is set (then it first checks that it can use that server, and
+stops with one line saying why if not), then two server processes of a chat
+example on ports 8001 and 8002, and prints the two addresses to open. A line
+typed in one window appears in the other: each server process sends it to the
+room's group in Redis, and every member of the room, on either process,
+receives it.
 
 Ctrl-C (SIGINT) or SIGTERM stops everything the demo started: the servers
 first, then Redis. ``--duration SECONDS`` stops after that long (for tests).
@@ -39,28 +42,52 @@ REPO_ROOT = EXAMPLES_DIR.parent
 @dataclass(frozen=True)
 class Example:
     title: str
-    #: Modules it needs installed (all in the demo extra).
+    #: Modules it needs installed, and the extra that has them.
     modules: tuple[str, ...]
-    #: Where a server process runs, and how (after ``python``; {host} and {port} filled in).
+    extra: str
+    #: Where the server processes run, and how: the first server's command, then the
+    #: second's (after ``python``; {host} and {port} filled in), with a label for each.
     cwd: Path
-    command: tuple[str, ...]
+    commands: tuple[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]]
 
 
+DAPHNE = (
+    "-m", "daphne", "--verbosity", "0", "-b", "{host}", "-p", "{port}",
+    "chat_project.asgi:application",
+)  # fmt: skip
+TRIO_SERVER = ("server.py", "--quiet", "--host", "{host}", "--port", "{port}")
 EXAMPLES = {
     "django": Example(
         title="Django Channels chat (daphne, channels_compat.core.RedisChannelLayer)",
         modules=("django", "channels", "daphne"),
+        extra="demo",
         cwd=EXAMPLES_DIR / "django_chat",
-        command=(
-            "-m", "daphne", "--verbosity", "0", "-b", "{host}", "-p", "{port}",
-            "chat_project.asgi:application",
-        ),
+        commands=(("daphne", DAPHNE), ("daphne", DAPHNE)),
     ),
     "trio": Example(
         title="trio chat (hypercorn's trio server, anyio_layer.open_redis_layer)",
         modules=("trio", "hypercorn"),
+        extra="demo",
         cwd=EXAMPLES_DIR / "trio_chat",
-        command=("server.py", "--quiet", "--host", "{host}", "--port", "{port}"),
+        commands=(("trio", TRIO_SERVER), ("trio", TRIO_SERVER)),
+    ),
+    "starlette": Example(
+        title="Starlette chat (one under uvicorn on asyncio, one under hypercorn on trio)",
+        modules=("starlette", "uvicorn", "hypercorn", "trio"),
+        extra="examples",
+        cwd=EXAMPLES_DIR / "starlette_broadcast",
+        commands=(
+            (
+                "uvicorn, asyncio",
+                ("-m", "uvicorn", "--log-level", "warning", "--host", "{host}",
+                 "--port", "{port}", "app:app"),
+            ),
+            (
+                "hypercorn, trio",
+                ("-m", "hypercorn", "--log-level", "WARNING", "--worker-class", "trio",
+                 "--bind", "{host}:{port}", "app:app"),
+            ),
+        ),
     ),
 }  # fmt: skip
 
@@ -140,11 +167,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_installed(example: str) -> None:
-    missing = [name for name in EXAMPLES[example].modules if not importlib.util.find_spec(name)]
+    spec = EXAMPLES[example]
+    missing = [name for name in spec.modules if not importlib.util.find_spec(name)]
     if missing:
         raise DemoError(
-            f"the {example} example needs {', '.join(missing)}; install the demo extra:\n"
-            "    .venv/bin/pip install -e '.[demo]'"
+            f"the {example} example needs {', '.join(missing)}; install the {spec.extra} extra:\n"
+            f"    .venv/bin/pip install -e '.[{spec.extra}]'"
         )
 
 
@@ -167,9 +195,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def start_server(example: str, host: str, port: int, redis_url: str) -> subprocess.Popen[bytes]:
+def start_server(
+    example: str, index: int, host: str, port: int, redis_url: str
+) -> subprocess.Popen[bytes]:
     spec = EXAMPLES[example]
-    command = [sys.executable, *(part.format(host=host, port=port) for part in spec.command)]
+    _, arguments = spec.commands[index]
+    command = [sys.executable, *(part.format(host=host, port=port) for part in arguments)]
     env = dict(os.environ, REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
     # channels_compat / anyio_layer come from the install; from a bare checkout, from here.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -240,7 +271,14 @@ def redis(cluster: bool) -> Iterator[str]:
     """``$REDIS_URL``, or a private redis-server (or cluster) for the duration of the block."""
     url = os.environ.get("REDIS_URL")
     if url:
-        print(f"using Redis at {url} ($REDIS_URL)")
+        import anyio
+        from redis_check import RedisUnavailable, check_redis, redacted
+
+        try:
+            anyio.run(lambda: check_redis(url, source="$REDIS_URL"))
+        except RedisUnavailable as exc:
+            raise DemoError(f"{exc} Or unset REDIS_URL to use a private Redis.") from None
+        print(f"using Redis at {redacted(url)} ($REDIS_URL)")
         yield url
         return
     from anyio_layer.testing import RedisServer, RedisServerError
@@ -280,8 +318,8 @@ def run(args: argparse.Namespace, stop: StopRequested) -> None:
         processes: list[subprocess.Popen[bytes]] = []
         stack.callback(stop_servers, processes)  # before Redis is stopped
         servers = []
-        for port in args.ports:
-            process = start_server(example, args.host, port, redis_url)
+        for index, port in enumerate(args.ports):
+            process = start_server(example, index, args.host, port, redis_url)
             processes.append(process)
             servers.append((process, port))
         for process, port in servers:
@@ -289,8 +327,9 @@ def run(args: argparse.Namespace, stop: StopRequested) -> None:
         if stop:
             return
         urls = [f"http://{args.host}:{port}/" for port in args.ports]
-        for (process, _), url in zip(servers, urls, strict=True):
-            print(f"  {url}  (pid {process.pid})")
+        labels = [label for label, _ in EXAMPLES[example].commands]
+        for (process, _), url, label in zip(servers, urls, labels, strict=True):
+            print(f"  {url}  ({label}, pid {process.pid})")
         print(
             f"\nopen {urls[0]} and {urls[1]} in two windows: a line typed in one appears in\n"
             f"the other (rooms: {urls[0]}room/<name>/). Press Ctrl-C to stop.",

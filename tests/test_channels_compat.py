@@ -254,6 +254,29 @@ def test_loop_shutdown_closes_the_loops_layer(redis_url: str, redis_server: Redi
     assert int(redis_server.info("clients")["blocked_clients"]) == 0
 
 
+def test_a_loop_stopped_without_shutdown_has_its_layer_closed_at_exit(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """A loop stopped and never closed (daphne's): close_stopped_loops() closes its layer."""
+    layer = RedisChannelLayer(hosts=[redis_url])
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def use() -> None:
+            await layer.send("jobs", {"type": "x"})
+            await layer.receive("jobs")
+
+        loop.run_until_complete(use())  # the loop stops with the layer's tasks pending
+        assert layer._runtime.open_loops() == 1
+        assert clients(redis_server) >= 1
+        layer._runtime.close_stopped_loops()  # what runs at interpreter exit
+        assert layer._runtime.open_loops() == 0
+        assert clients(redis_server) == 0
+        assert not [task for task in asyncio.all_tasks(loop) if not task.done()]
+    finally:
+        loop.close()
+
+
 def test_cancelled_pubsub_receive_keeps_messages_and_subscription(
     redis_url: str, redis_server: RedisServer
 ) -> None:

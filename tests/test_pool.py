@@ -19,7 +19,7 @@ from anyio_layer.exceptions import (
 from anyio_layer.redis.pool import ConnectionPool, open_pool
 from anyio_layer.redis.protocol import ErrorReply
 from anyio_layer.redis.scripts import Script
-from anyio_layer.testing import RedisServer
+from anyio_layer.testing import RedisServer, find_redis_server, redis_server_supports_tls
 
 pytestmark = pytest.mark.anyio
 
@@ -164,6 +164,8 @@ async def test_acl_user(redis_server_factory: ServerFactory) -> None:
 
 
 async def test_tls(redis_server_factory: ServerFactory) -> None:
+    if not redis_server_supports_tls(find_redis_server()):
+        pytest.skip(f"{find_redis_server()} was built without TLS support")
     server = redis_server_factory(tls=True)
     tls = server.tls
     assert tls is not None

@@ -128,10 +128,14 @@ class Subscriptions:
                         raise copy.copy(failure)
                     await self._changed.wait()
         except TimeoutError:
-            raise RedisTimeoutError(
+            message = (
                 f"{self.describe()} did not confirm the subscription to {name!r} within "
                 f"{SUBSCRIBE_TIMEOUT} seconds"
-            ) from None
+            )
+            causes = [s.last_error for s in self.subscribers() if s.last_error is not None]
+            if causes:
+                message += f" (last error: {causes[0]})"
+            raise RedisTimeoutError(message) from None
 
     async def unsubscribe(self, name: str) -> None:
         self.failures.pop(name, None)

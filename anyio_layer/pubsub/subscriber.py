@@ -10,7 +10,10 @@ server, :class:`NodeSubscriber` the one to a primary of a Redis Cluster.
 It must NOT match replies or keep subscription state itself (the protocol
 does), nor decide where a name goes after a refusal, a dropped connection or
 a server-side unsubscribe: it reports those to its :class:`SubscriberOwner`
-(:mod:`anyio_layer.pubsub.placement`). Covered by
+(:mod:`anyio_layer.pubsub.placement`). A server that sends what no
+subscription can produce (a reply that is not RESP, out of order, or a name
+that is not UTF-8) gets its connection dropped with a ProtocolError and
+reconnected, like a connection that broke; the layer goes on. Covered by
 ``tests/test_pubsub_layer.py``, ``tests/test_cancellation_pubsub.py`` and
 ``tests/test_pubsub_cluster.py``.
 """
@@ -25,7 +28,7 @@ from typing import Final, Protocol
 import anyio
 import anyio.abc
 
-from ..exceptions import RedisConnectionError, RedisError
+from ..exceptions import ProtocolError, RedisConnectionError, RedisError
 from ..redis.cluster import ClusterClient, key_slot
 from ..redis.connection import Connection
 from ..redis.hosts import TCPAddress
@@ -48,6 +51,10 @@ logger = logging.getLogger("anyio_layer")
 HEALTH_CHECK_INTERVAL: Final = 15.0
 #: The first delay before reconnecting (or re-placing), doubled up to MAX_BACKOFF.
 MIN_RETRY_DELAY: Final = 0.05
+#: A connection that lasted this long was healthy: the next attempt starts the back-off
+#: afresh. One that failed sooner (a server that answers the handshake, then garbage)
+#: counts as a failed attempt, so a broken server is not hammered.
+HEALTHY_AFTER: Final = 1.0
 
 
 class SubscriberOwner(Protocol):
@@ -98,6 +105,8 @@ class Subscriber:
         self._wakeup: anyio.Event | None = None
         self._serve_scope: anyio.CancelScope | None = None
         self._awaiting_ping = False
+        #: Why the last connection (or attempt) ended; None once one succeeds.
+        self.last_error: RedisError | None = None
 
     # -- to be provided by subclasses ------------------------------------------------
 
@@ -166,6 +175,7 @@ class Subscriber:
         self.owner.refused(self, names, error)
 
     def settled(self, confirmed: list[str]) -> None:
+        self.last_error = None
         self.owner.settled(confirmed)
 
     # -- the reader task ------------------------------------------------------------
@@ -184,15 +194,16 @@ class Subscriber:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
             self._wakeup = None
-            connected = False
+            connected_at: float | None = None
             try:
                 with anyio.CancelScope() as self._serve_scope:  # retire() cancels it
                     pool = await self._open_pool()
                     async with pool.connection() as connection:
                         connection.broken = True  # in subscribe mode: never back to the pool
-                        connected = True
+                        connected_at = anyio.current_time()
                         await self._serve(connection)
             except RedisError as exc:
+                self.last_error = exc
                 logger.warning("subscriber for %s lost: %s", self.label, exc)
             finally:
                 self._serve_scope = None
@@ -201,7 +212,7 @@ class Subscriber:
                 self.owner.notify()
             if self.protocol.wanted:
                 self.owner.dropped(self)
-            if connected:
+            if connected_at is not None and anyio.current_time() - connected_at >= HEALTHY_AFTER:
                 delay = MIN_RETRY_DELAY
             else:
                 delay = min(max(delay * 2, MIN_RETRY_DELAY), MAX_BACKOFF)
@@ -225,8 +236,14 @@ class Subscriber:
                     data = await connection.receive_raw()
                     quiet_since = current_time()
                     self._awaiting_ping = False
-                    for reply in connection.feed_and_drain(data):
-                        handle(reply)
+                    try:
+                        for reply in connection.feed_and_drain(data):
+                            handle(reply)
+                    except UnicodeDecodeError as exc:  # no name we subscribe is like that
+                        raise ProtocolError(
+                            f"subscriber connection to {self.label} sent a name that is "
+                            f"not UTF-8: {exc}"
+                        ) from None
                     while protocol.deferred:
                         verb, names = protocol.deferred.pop(0)
                         await self._write(verb, names)

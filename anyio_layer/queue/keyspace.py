@@ -62,6 +62,7 @@ __all__ = [
     "KeySpace",
     "ShardedKeySpace",
     "check_cluster_prefix",
+    "scan_pattern",
 ]
 
 #: Keys deleted per round trip by :meth:`KeySpace.delete_matching`.
@@ -211,7 +212,7 @@ class ShardedKeySpace:
         return replies
 
     async def delete_matching(self) -> None:
-        pattern = _scan_pattern(self.prefix)
+        pattern = scan_pattern(self.prefix)
         for pool in self.pools:
             async for keys in _scan(pool.execute, pattern):
                 await pool.execute("UNLINK", *keys)
@@ -307,7 +308,7 @@ class ClusterKeySpace:
         )
 
     async def delete_matching(self) -> None:
-        pattern = _scan_pattern(self.prefix)
+        pattern = scan_pattern(self.prefix)
         for node in await self._client.primaries():
             execute = functools.partial(self._client.execute_on, node)
             async for keys in _scan(execute, pattern):
@@ -324,7 +325,7 @@ class ClusterKeySpace:
         return f"cluster {self._client!r}"
 
 
-def _scan_pattern(prefix: str) -> bytes:
+def scan_pattern(prefix: str) -> bytes:
     """A SCAN MATCH pattern for every key that starts with ``prefix`` (glob characters escaped)."""
     escaped = "".join("\\" + char if char in "*?[]\\" else char for char in prefix)
     return (escaped + "*").encode()

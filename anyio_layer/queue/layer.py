@@ -189,7 +189,9 @@ class QueueLayer(ScopedChannels):
 
         Costs one round trip to read the members, then one per server (or
         cluster node) holding member channels, whatever the group's size. Members whose channel is
-        at capacity are skipped (and counted), never raising.
+        at capacity are skipped (and counted), never raising; so are members of the group's
+        set that are no valid channel name (written by another client; counted in
+        ``decode_errors``).
 
         If cancelled, each member either got the message or did not, independently
         (this layer's own channels have it once the members are read); the
@@ -217,8 +219,15 @@ class QueueLayer(ScopedChannels):
         # Where a channel goes depends only on its name up to "!": work it out once
         # per process-local key (None: this layer's own channels).
         key_of: dict[str, bytes | None] = {}
+        invalid = 0
         for member in members:
-            channel = member.decode() if isinstance(member, bytes) else str(member)
+            try:  # a foreign writer may have put anything in the group's set
+                channel = validate_channel_name(
+                    member.decode() if isinstance(member, bytes) else member
+                )
+            except (UnicodeDecodeError, InvalidChannelName):
+                invalid += 1
+                continue
             name = non_local_name(channel)
             if name in key_of:
                 key = key_of[name]
@@ -232,6 +241,9 @@ class QueueLayer(ScopedChannels):
                     self._counters.group_skipped += 1
                 continue
             targets.setdefault(key, []).append(channel)
+        if invalid:
+            self._counters.decode_errors += invalid
+            logger.warning("group_send to %r skipped %d invalid member names", group, invalid)
         if not targets:
             return
 
@@ -301,18 +313,18 @@ class QueueLayer(ScopedChannels):
         which only a Redis failure at that moment can prevent).
         """
         self._check_open()
+        validate_channel_name(channel)
+        if not is_process_local(channel):
+            return await self._normal.receive(channel)
         buffer = self._buffers.get(channel)
         if buffer is None:
-            validate_channel_name(channel)
-            if not is_process_local(channel):
-                return await self._normal.receive(channel)
             if not self._owns(non_local_name(channel)):
                 raise InvalidChannelName(
                     f"channel {channel!r} was not created by this layer's new_channel(): only "
                     f"the process that created a process-local channel can receive from it"
                 )
             buffer = self._buffers[channel] = LocalBuffer(self.capacities.for_channel(channel))
-        # (A buffer only exists for a valid channel of this layer: known channels skip the checks.)
+        # (Buffers only exist under this layer's keys: a known channel is its own.)
         local_key = non_local_name(channel)
         demand = self._readers.get(local_key)
         if demand is None:

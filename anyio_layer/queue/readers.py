@@ -24,6 +24,15 @@ slow consumer. Readers retry with back-off while Redis is away and resume
 without anyone calling again. When the layer closes, what is still buffered
 goes back to Redis (:meth:`LocalReaders.return_unreceived`).
 
+Hostile data: whatever another client writes into a process-local key must
+not stop the reader, which serves every channel of that key. A message that
+cannot be decoded (garbage, another serializer's format, another encryption
+key, not a dict), or that names no channel stored under this key (a missing,
+non-string or unhashable ``__asgi_channel__``), is dropped, logged and
+counted in ``LayerStatistics.decode_errors``; a key of the wrong type
+(``WRONGTYPE``) is waited out with back-off, like a server that is away.
+Covered by ``tests/test_hostile_data.py``.
+
 Covered by ``tests/test_queue_layer.py`` and ``tests/test_cancellation_layer.py``.
 """
 
@@ -38,7 +47,13 @@ import anyio
 import anyio.abc
 
 from ..common.channels import LocalBuffer
-from ..exceptions import LayerClosedError, MessageDecodeError, RedisError, ResponseError
+from ..exceptions import (
+    LayerClosedError,
+    MessageDecodeError,
+    ProtocolError,
+    RedisError,
+    ResponseError,
+)
 from ..messages import non_local_name
 from .codec import RESERVED_KEY, MessageCodec
 from .keyspace import KeyServer, KeySpace
@@ -212,7 +227,13 @@ class LocalReaders:
                         entries = popped_entries(reply)
                     else:
                         entries = await self._pop_legacy(server, key, on_cancelled_reply)
-            except REDIS_AWAY as exc:
+            except (*REDIS_AWAY, ProtocolError) as exc:  # a server sending garbage: wait
+                await retry.wait(f"reader for {local_key!r}", exc)
+                continue
+            except ResponseError as exc:
+                if exc.code != "WRONGTYPE":
+                    raise
+                # Another client put something else under the key: wait until it is gone.
                 await retry.wait(f"reader for {local_key!r}", exc)
                 continue
             retry.reset()
@@ -250,7 +271,11 @@ class LocalReaders:
             names = message.pop(RESERVED_KEY, None)
             if isinstance(names, str):
                 names = [names]
+            if isinstance(names, list):
+                # Only names stored under this key: anything else came from a foreign writer.
+                names = [n for n in names if isinstance(n, str) and non_local_name(n) == local_key]
             if not isinstance(names, list) or not names:
+                self._counters.decode_errors += 1
                 logger.error("dropping a message in %r that names no local channel", local_key)
                 continue
             for name in names:

@@ -6,6 +6,13 @@ per channel, so they see the channel in order and the server sees one
 blocked client per channel, not one per receiver. Must not buffer: a message
 popped here goes to the receiver that popped it, or back to Redis.
 
+Hostile data: a popped message that cannot be decoded (garbage, another
+serializer's format, another encryption key, not a dict) is dropped, logged
+and counted in ``LayerStatistics.decode_errors``, and the receiver waits for
+the next one: a poisoned message never reaches, nor fails, a caller. A
+channel key of the wrong type (``WRONGTYPE``) is waited out with back-off.
+Covered by ``tests/test_hostile_data.py``.
+
 Cancellation: a pop that completes just as its receiver is cancelled is
 recovered (``CLIENT UNBLOCK`` and read the reply) and put back at its
 original score, so it is the next message any receiver gets; the receiver
@@ -16,11 +23,13 @@ receivers retry with back-off and resume once it is back. Covered by
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import anyio
 
+from ..exceptions import MessageDecodeError, ProtocolError, ResponseError
 from .codec import RESERVED_KEY, MessageCodec
 from .keyspace import KeySpace
 from .popping import BLOCK_GRACE, BLOCK_SECONDS, REDIS_AWAY, RetryDelay, put_back
@@ -28,6 +37,8 @@ from .replies import popped_entry
 from .statistics import Counters
 
 __all__ = ["NormalReceivers"]
+
+logger = logging.getLogger("anyio_layer")
 
 
 class _RefCountedLock:
@@ -90,18 +101,28 @@ class NormalReceivers:
                     reply = await server.execute_blocking(
                         "BZPOPMIN", key, BLOCK_SECONDS, on_cancelled_reply=on_cancelled_reply
                     )
-            except REDIS_AWAY as exc:
+                entry = popped_entry(reply)
+            except (*REDIS_AWAY, ProtocolError) as exc:  # a server sending garbage: wait
+                await retry.wait(f"receive({channel!r})", exc)
+                continue
+            except ResponseError as exc:
+                if exc.code != "WRONGTYPE":
+                    raise
+                # Another client put something else under the key: wait until it is gone.
                 await retry.wait(f"receive({channel!r})", exc)
                 continue
             retry.reset()
-            entry = popped_entry(reply)
             if entry is None:
                 continue
             member, score = entry
             if score < time.time() - self._expiry:
                 self._counters.expired += 1
                 continue
-            message = self._decode(member)
+            try:
+                message = self._decode(member)
+            except MessageDecodeError as exc:  # counted by the codec
+                logger.error("dropping a message in %r that cannot be decoded: %s", channel, exc)
+                continue
             message.pop(RESERVED_KEY, None)
             self._counters.received += 1
             return message

@@ -35,7 +35,9 @@ class LayerStatistics:
     expired: int
     #: Oldest local messages dropped because a consumer's buffer was full.
     local_buffer_overflows: int
-    #: Messages that could not be decrypted or deserialized.
+    #: Messages that could not be decrypted or deserialized, or that named no
+    #: channel of the key they were in (all dropped), and group members that
+    #: were no channel name (skipped by ``group_send()``).
     decode_errors: int
     #: Connections re-established after a failure, over all shards.
     reconnects: int

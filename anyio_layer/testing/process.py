@@ -255,7 +255,8 @@ class RedisProcess:
             f"{self._kind} {self.binary} (Redis {'.'.join(map(str, self.version))}) {problem}.\n"
             f"Command: {' '.join(self._command())}\nLog tail ({self.log_path}):\n{tail}"
         )
-        if "Bad directive" in log and "tls-" in log:
+        # Redis refuses the tls- directives; Valkey (TLS as a connection type) says so.
+        if ("Bad directive" in log and "tls-" in log) or "Failed finding TLS support" in log:
             return TLSNotSupportedError(
                 f"{self.binary} (Redis {'.'.join(map(str, self.version))}) was built without "
                 "TLS support. Use a redis-server built with TLS (most system packages are), "

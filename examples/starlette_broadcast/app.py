@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,11 +43,36 @@ from starlette.websockets import WebSocket
 
 from anyio_layer import LayerChannel, QueueLayer, RedisError, open_redis_layer
 
+# examples/: the page and the start-up check are shared by the examples.
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent
+sys.path.append(str(EXAMPLES_DIR))
+from redis_check import require_redis  # noqa: E402
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-PAGE = (Path(__file__).parent.parent / "chat.html").read_text()  # shared by the examples
+PAGE = (EXAMPLES_DIR / "chat.html").read_text()
 ROOM = re.compile(r"[-A-Za-z0-9_.]{1,80}")
 MAX_TEXT = 1000
 MAX_USER = 40
+#: Seconds between two renewals of a socket's room membership. Renewing finds
+#: out that Redis is gone (the socket is closed and the page reconnects) and
+#: restores a membership that a Redis restart has forgotten.
+MEMBERSHIP_REFRESH = 3.0
+#: Close code for "Redis cannot be reached" (the same in every example).
+REDIS_UNREACHABLE = 4500
+NO_REDIS = "the chat server cannot reach Redis"
+
+logger = logging.getLogger("chat")
+
+
+# Check Redis when the server loads the app, before it listens: a wrong REDIS_URL
+# stops it with one line on stderr (and status 1) rather than a traceback from
+# the lifespan, or a page that cannot join its room.
+require_redis(
+    REDIS_URL,
+    "starlette chat",
+    source="$REDIS_URL" if "REDIS_URL" in os.environ else "the default",
+    hint="Or run examples/demo.py --example starlette, which starts a private one.",
+)
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +123,8 @@ async def broadcast(request: Request) -> Response:
     try:
         await layer.group_send(f"chat.{room}", message)
     except RedisError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=503)
+        logger.warning("cannot broadcast to room %r: %s", room, exc)
+        return JSONResponse({"error": NO_REDIS}, status_code=503)
     return JSONResponse({"room": room, "sent": message["text"]}, status_code=202)
 
 
@@ -107,28 +135,49 @@ async def chat_socket(websocket: WebSocket) -> None:
         return
     layer: QueueLayer = websocket.state.layer
     server = server_label(websocket.scope)
-    joined = False
     try:
         async with layer.open_channel(f"chat.{room}") as channel:
-            joined = True
             await websocket.accept()
             await websocket.send_json({"type": "joined", "room": room, "server": server})
+            lost: list[str] = []  # why Redis was lost, in words for the page
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(relay_room, websocket, channel)
-                await relay_client(websocket, layer, room, server)
-                tasks.cancel_scope.cancel()  # the browser left: stop relaying the room
-    except RedisError as exc:
-        if joined:
-            raise
-        # Redis is unreachable: say so in the page's log, then close with an
-        # application code (4000-4999), the same in every example.
+                tasks.start_soon(keep_membership, channel, room, lost, tasks.cancel_scope)
+                await relay_client(websocket, layer, room, server, lost)
+                tasks.cancel_scope.cancel()  # the browser left, or Redis did
+            if lost:
+                await redis_lost(websocket, lost[0])
+    except RedisError as exc:  # from open_channel: the room could not be joined
+        logger.warning("cannot join room %r: %s", room, exc)
         await websocket.accept()
-        await websocket.send_json({"type": "error", "text": f"cannot join the room: {exc}"})
-        await websocket.close(code=4500)
+        await redis_lost(websocket, f"cannot join the room: {NO_REDIS}")
 
 
-async def relay_client(websocket: WebSocket, layer: QueueLayer, room: str, server: str) -> None:
-    """Send what the browser types to the room, until it disconnects."""
+async def redis_lost(websocket: WebSocket, text: str) -> None:
+    """Tell the page in plain words, then close with an application code: it reconnects."""
+    await websocket.send_json({"type": "error", "text": text})
+    await websocket.close(code=REDIS_UNREACHABLE)
+
+
+async def keep_membership(
+    channel: LayerChannel, room: str, lost: list[str], scope: anyio.CancelScope
+) -> None:
+    """Renew the room membership every few seconds; when that fails, end the socket's tasks."""
+    while True:
+        await anyio.sleep(MEMBERSHIP_REFRESH)
+        try:
+            await channel.group_add(f"chat.{room}")
+        except RedisError as exc:
+            logger.warning("lost Redis while in room %r: %s", room, exc)
+            lost.append(f"disconnected: {NO_REDIS}")
+            scope.cancel()
+            return
+
+
+async def relay_client(
+    websocket: WebSocket, layer: QueueLayer, room: str, server: str, lost: list[str]
+) -> None:
+    """Send what the browser types to the room, until it disconnects or a line cannot be sent."""
     while True:
         event = await websocket.receive()
         if event["type"] == "websocket.disconnect":
@@ -144,8 +193,10 @@ async def relay_client(websocket: WebSocket, layer: QueueLayer, room: str, serve
         message = chat_message(room, content.get("user"), content["text"], server)
         try:
             await layer.group_send(f"chat.{room}", message)
-        except RedisError as exc:  # Redis is unreachable: tell this user, keep the socket
-            await websocket.send_json({"type": "error", "text": f"not sent: {exc}"})
+        except RedisError as exc:
+            logger.warning("cannot send to room %r: %s", room, exc)
+            lost.append(f"not sent: {NO_REDIS}")
+            return
 
 
 async def relay_room(websocket: WebSocket, channel: LayerChannel) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -38,16 +39,30 @@ from hypercorn.trio import serve
 
 from anyio_layer import LayerChannel, QueueLayer, RedisError, open_redis_layer
 
+# examples/: the page and the start-up check are shared by the examples.
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent
+sys.path.append(str(EXAMPLES_DIR))
+from redis_check import RedisUnavailable, check_redis  # noqa: E402
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-PAGE = (Path(__file__).parent.parent / "chat.html").read_bytes()  # shared by the examples
+PAGE = (EXAMPLES_DIR / "chat.html").read_bytes()
 ROOM = r"(?P<room>[-A-Za-z0-9_.]{1,80})"
 PAGE_PATH = re.compile(rf"/|/room/{ROOM}/")
 SOCKET_PATH = re.compile(rf"/ws/chat/{ROOM}/")
 MAX_TEXT = 1000
 MAX_USER = 40
+#: Seconds between two renewals of a socket's room membership. Renewing finds
+#: out that Redis is gone (the socket is closed and the page reconnects) and
+#: restores a membership that a Redis restart has forgotten.
+MEMBERSHIP_REFRESH = 3.0
+#: Close code for "Redis cannot be reached" (the same in every example).
+REDIS_UNREACHABLE = 4500
+NO_REDIS = "the chat server cannot reach Redis"
+
+logger = logging.getLogger("chat")
 
 
 class ChatApp:
@@ -96,31 +111,37 @@ class ChatApp:
         async def send_json(event: dict[str, Any]) -> None:
             await send({"type": "websocket.send", "text": json.dumps(event)})
 
-        joined = False
         try:
             async with self.layer.open_channel(f"chat.{room}") as channel:
-                joined = True
                 await send({"type": "websocket.accept"})
                 await send_json({"type": "joined", "room": room, "server": server})
+                lost: list[str] = []  # why Redis was lost, in words for the page
                 client_left = False
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.relay_room, channel, send_json)
+                    nursery.start_soon(self.keep_membership, channel, room, lost, nursery)
                     nursery.start_soon(self.cancel_when_stopping, nursery.cancel_scope)
-                    client_left = await self.relay_client(room, server, receive, send_json)
+                    client_left = await self.relay_client(room, server, receive, lost)
                     nursery.cancel_scope.cancel()
-                if not client_left:  # the server is stopping
+                if lost:
+                    await self.redis_lost(send, send_json, lost[0])
+                elif not client_left:  # the server is stopping
                     await send({"type": "websocket.close", "code": 1001})
-        except RedisError as exc:
-            if joined:
-                raise
-            # Redis is unreachable: say so in the page's log, then close with an
-            # application code (4000-4999), the same in every example.
+        except RedisError as exc:  # from open_channel: the room could not be joined
+            logger.warning("cannot join room %r: %s", room, exc)
             await send({"type": "websocket.accept"})
-            await send_json({"type": "error", "text": f"cannot join the room: {exc}"})
-            await send({"type": "websocket.close", "code": 4500})
+            await self.redis_lost(send, send_json, f"cannot join the room: {NO_REDIS}")
 
-    async def relay_client(self, room: str, server: str, receive: Receive, send_json: Send) -> bool:
-        """Send what the browser types to the room; return True when the browser leaves."""
+    async def redis_lost(self, send: Send, send_json: Send, text: str) -> None:
+        """Tell the page in plain words, then close with an application code: it reconnects."""
+        await send_json({"type": "error", "text": text})
+        await send({"type": "websocket.close", "code": REDIS_UNREACHABLE})
+
+    async def relay_client(self, room: str, server: str, receive: Receive, lost: list[str]) -> bool:
+        """Send what the browser types to the room; return True when the browser leaves.
+
+        Return False, with the reason in ``lost``, when a line cannot be sent.
+        """
         while True:
             event = await receive()
             if event["type"] == "websocket.disconnect":
@@ -138,8 +159,10 @@ class ChatApp:
             message = {"type": "chat.message", "room": room, "user": user, "text": text}
             try:
                 await self.layer.group_send(f"chat.{room}", {**message, "server": server})
-            except RedisError as exc:  # Redis is unreachable: tell this user, keep the socket
-                await send_json({"type": "error", "text": f"not sent: {exc}"})
+            except RedisError as exc:
+                logger.warning("cannot send to room %r: %s", room, exc)
+                lost.append(f"not sent: {NO_REDIS}")
+                return False
 
     async def relay_room(self, channel: LayerChannel, send_json: Send) -> None:
         """Send every line said in the room, by anyone on any process, to the browser."""
@@ -155,6 +178,20 @@ class ChatApp:
                     }
                 )
 
+    async def keep_membership(
+        self, channel: LayerChannel, room: str, lost: list[str], nursery: trio.Nursery
+    ) -> None:
+        """Renew the room membership every few seconds; when that fails, end the socket's tasks."""
+        while True:
+            await trio.sleep(MEMBERSHIP_REFRESH)
+            try:
+                await channel.group_add(f"chat.{room}")
+            except RedisError as exc:
+                logger.warning("lost Redis while in room %r: %s", room, exc)
+                lost.append(f"disconnected: {NO_REDIS}")
+                nursery.cancel_scope.cancel()
+                return
+
     async def cancel_when_stopping(self, scope: trio.CancelScope) -> None:
         await self.stopping.wait()
         scope.cancel()
@@ -169,7 +206,11 @@ async def stop_on_signals(stopping: trio.Event, quiet: bool) -> None:
             return
 
 
-async def main(host: str, port: int, redis_url: str, quiet: bool = False) -> None:
+async def main(
+    host: str, port: int, redis_url: str, quiet: bool = False, source: str = "$REDIS_URL"
+) -> None:
+    """Serve until SIGINT or SIGTERM; raise RedisUnavailable first if Redis cannot be used."""
+    await check_redis(redis_url, source=source)
     stopping = trio.Event()
     config = Config()
     config.bind = [f"{host}:{port}"]
@@ -187,16 +228,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default %(default)s)")
     parser.add_argument(
         "--redis-url",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"),
-        help="the Redis server all processes share (default: $REDIS_URL, else %(default)s)",
+        default=None,
+        help="the Redis server all processes share (default: $REDIS_URL, else redis://127.0.0.1:6379)",
     )
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.redis_url is not None:
+        args.redis_source = "--redis-url"
+    elif "REDIS_URL" in os.environ:
+        args.redis_url, args.redis_source = os.environ["REDIS_URL"], "$REDIS_URL"
+    else:
+        args.redis_url, args.redis_source = "redis://127.0.0.1:6379", "the default"
+    return args
 
 
 if __name__ == "__main__":
     args = parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        trio.run(main, args.host, args.port, args.redis_url, args.quiet)
+        trio.run(main, args.host, args.port, args.redis_url, args.quiet, args.redis_source)
+    except RedisUnavailable as exc:
+        print(
+            f"trio chat: {exc} Or run examples/demo.py --example trio, which starts a private one.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
         pass

@@ -1,5 +1,9 @@
 """A real browser: two headless Chromium windows on two server processes chat in one room.
 
+They also lose Redis and get it back: the page says so, disables sending, and
+reconnects by itself. Screenshots of both states are saved in the test's
+temporary directory (``connected.png``, ``disconnected.png``).
+
 Needs Debian's ``chromium`` and ``chromium-driver`` packages (``/usr/bin/chromium``
 and ``/usr/bin/chromedriver``, or ``$CHROMIUM`` and ``$CHROMEDRIVER``) and the
 ``selenium`` package; skipped when they are missing, except in CI (``CI=true``),
@@ -12,6 +16,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from examples_support import DJANGO, TRIO, ServerProcess, running_servers, unique
@@ -43,11 +48,16 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+T = TypeVar("T")
 TIMEOUT = 15.0
+#: Reconnecting after a Redis restart: the server notices the loss within 3 s, the
+#: page retries every 5 s at most, and the server's own reconnection takes up to 2 s.
+RECONNECT_TIMEOUT = 30.0
 HEADLESS_FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
+    "--disable-quic",
     "--disable-dev-shm-usage",
     "--disable-background-networking",
     "--disable-component-update",
@@ -85,9 +95,15 @@ def servers(
         yield servers
 
 
-def wait(driver: WebDriver, condition: Callable[[WebDriver], bool], what: str) -> None:
+def wait(
+    driver: WebDriver,
+    condition: Callable[[WebDriver], T],
+    what: str,
+    timeout: float = TIMEOUT,
+) -> T:
+    """The first true value of ``condition``, polled for up to ``timeout`` seconds."""
     try:
-        WebDriverWait(driver, TIMEOUT).until(condition)
+        return WebDriverWait(driver, timeout).until(condition)
     except Exception as exc:
         raise AssertionError(
             f"timed out waiting for {what} on {driver.current_url}; status "
@@ -108,14 +124,14 @@ def test_typed_in_one_window_appears_in_the_other(
     windows: list[str] = []
     try:
         for server in (a, b):  # one window per server process, both in the room
-            browser.switch_to.new_window("window")
-            windows.append(browser.current_window_handle)
-            browser.get(server.url(f"/room/{room}/"))
+            windows.append(open_window(browser, server.url(f"/room/{room}/")))
         window_a, window_b = windows
         for window, server in ((window_a, a), (window_b, b)):
             browser.switch_to.window(window)
             wait(browser, connected, "the page to join its room")
             assert f":{server.port}" in browser.find_element(By.ID, "status").text
+            assert labels(browser) == {"room": "Room", "name": "Your name", "message": "Message"}
+            assert sending_enabled(browser)
 
         # Window A: type a message and press Enter.
         browser.switch_to.window(window_a)
@@ -140,11 +156,108 @@ def test_typed_in_one_window_appears_in_the_other(
             "hello from window B",
         ]
     finally:
-        for window in windows:
-            browser.switch_to.window(window)
-            browser.close()
-        browser.switch_to.window(browser.window_handles[0])
+        close_windows(browser, windows)
+    # The page has an icon of its own: no request for /favicon.ico (daphne logs each request).
+    for server in servers:
+        assert "favicon" not in server.output(), server.describe()
+
+
+@pytest.mark.parametrize("example", ["django", "trio"])
+def test_redis_lost_and_back(example: str, browser: WebDriver, tmp_path: Path) -> None:
+    """Redis stops: both windows say so in plain words and cannot send; it restarts:
+    they reconnect by themselves, and a line typed before the loss is sent afterwards."""
+    spec = {"django": DJANGO, "trio": TRIO}[example]
+    redis = RedisServer.launch()
+    try:
+        with running_servers([spec, spec], redis.url, tmp_path / "logs") as (a, b):
+            windows: list[str] = []
+            try:
+                room = unique("restart")
+                for server in (a, b):
+                    windows.append(open_window(browser, server.url(f"/room/{room}/")))
+                    wait(browser, connected, "the page to join its room")
+                window_a, window_b = windows
+                browser.switch_to.window(window_a)
+                browser.find_element(By.ID, "message").send_keys("typed before the loss")
+                browser.save_screenshot(str(tmp_path / "connected.png"))
+
+                redis.stop()
+                for window in windows:
+                    browser.switch_to.window(window)
+                    # The state goes on to "connecting" at each attempt: read both at once.
+                    status = wait(
+                        browser, disconnected_status, "the page to notice that Redis is gone"
+                    )
+                    assert not sending_enabled(browser)
+                    assert "The chat server cannot reach Redis." in status, status
+                    assert "Reconnecting in" in status, status
+                    assert "Disconnected. The chat server cannot reach Redis." in log_text(browser)
+                    for internal in ("4500", "code", "Errno", "refused", "127.0.0.1"):
+                        assert internal not in status + log_text(browser), (internal, status)
+                browser.switch_to.window(window_a)
+                assert message_box(browser) == "typed before the loss"  # kept while disconnected
+                browser.save_screenshot(str(tmp_path / "disconnected.png"))
+
+                redis.start()  # same port, empty data set
+                for window in windows:
+                    browser.switch_to.window(window)
+                    wait(browser, connected, "the page to reconnect", RECONNECT_TIMEOUT)
+                    assert sending_enabled(browser)
+                    assert "Connected again." in log_text(browser)
+                browser.switch_to.window(window_a)
+                assert message_box(browser) == "typed before the loss"
+                browser.find_element(By.ID, "message").send_keys(Keys.ENTER)
+                browser.switch_to.window(window_b)
+                wait(browser, lambda d: "typed before the loss" in log_text(d), "A's line in B")
+                browser.save_screenshot(str(tmp_path / "reconnected.png"))
+            finally:  # before the servers stop (daphne may crash on SIGTERM with open sockets)
+                close_windows(browser, windows)
+    finally:
+        redis.close()
+
+
+def open_window(browser: WebDriver, url: str) -> str:
+    """A new window (the size of a small laptop screen) showing ``url``; its handle."""
+    browser.switch_to.new_window("window")
+    browser.set_window_size(1024, 768)
+    browser.get(url)
+    return str(browser.current_window_handle)
+
+
+def close_windows(browser: WebDriver, windows: list[str]) -> None:
+    for window in windows:
+        browser.switch_to.window(window)
+        browser.close()
+    browser.switch_to.window(browser.window_handles[0])
 
 
 def connected(driver: WebDriver) -> bool:
     return driver.find_element(By.ID, "status").get_attribute("data-state") == "connected"
+
+
+def disconnected_status(driver: WebDriver) -> str:
+    """The status line if the page is in the disconnected state, else ""."""
+    return str(
+        driver.execute_script(
+            "const s = document.getElementById('status');"
+            "return s.dataset.state === 'disconnected' ? s.textContent : '';"
+        )
+    )
+
+
+def sending_enabled(driver: WebDriver) -> bool:
+    box, button = driver.find_element(By.ID, "message"), driver.find_element(By.ID, "send")
+    assert box.is_enabled() == button.is_enabled()
+    return bool(box.is_enabled())
+
+
+def message_box(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "message").get_attribute("value"))
+
+
+def labels(driver: WebDriver) -> dict[str, str]:
+    """The text of each label, by the id of the input it names."""
+    return {
+        str(label.get_attribute("for")): str(label.text)
+        for label in driver.find_elements(By.TAG_NAME, "label")
+    }

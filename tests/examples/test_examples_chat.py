@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,14 @@ def test_origin_check(servers: list[ServerProcess]) -> None:
     else:
         with chat_client("mallory", url, origin="http://evil.example") as client:
             assert client.joined["room"] == "lobby"
+
+
+def test_log_times_follow_the_system_clock(servers: list[ServerProcess]) -> None:
+    """Django sets the process's zone to TIME_ZONE; the example's is the system's."""
+    for server in servers:
+        stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", server.output(), re.MULTILINE)
+        if server.spec is DJANGO:
+            assert stamps, server.describe()  # daphne logs its start-up
+        for stamp in stamps:
+            logged = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))  # as local time
+            assert abs(logged - time.time()) < 600, (stamp, time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -12,9 +12,11 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,8 @@ from examples_support import (
     unique,
 )
 from websockets.exceptions import ConnectionClosed
+
+from anyio_layer.testing import RedisServer
 
 DEMO = EXAMPLES_DIR / "demo.py"
 PROC = Path("/proc")
@@ -121,11 +125,11 @@ class Demo:
 def run_demo() -> Iterator[object]:
     demos: list[Demo] = []
 
-    def start(*args: str) -> Demo:
+    def start(*args: str, env: dict[str, str] | None = None) -> Demo:
         popen = subprocess.Popen(
             [sys.executable, str(DEMO), *args],
             cwd=REPO_ROOT,
-            env=child_env(),  # no REDIS_URL: the demo starts its own Redis
+            env=env or child_env(),  # by default no REDIS_URL: the demo starts its own Redis
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -204,7 +208,7 @@ def test_help() -> None:
     assert "--ports" in result.stdout
 
 
-@pytest.mark.parametrize("example", ["django", "trio"])
+@pytest.mark.parametrize("example", ["django", "trio", "starlette"])
 def test_runs_for_duration(run_demo: object, example: str) -> None:
     ports = free_port(), free_port()
     demo = run_demo(  # type: ignore[operator]
@@ -253,3 +257,41 @@ def test_stops_on_signal(run_demo: object, how: str) -> None:
     # Redis outlived the servers (it ignores the terminal's SIGINT; the demo stops it last).
     assert "waiting for Redis" not in demo.stderr, demo.describe()
     assert "could not remove" not in demo.stderr, demo.describe()
+
+
+@pytest.mark.parametrize("problem", ["nothing listening", "wrong password", "no answer"])
+def test_unusable_redis_url_stops_the_demo_at_once(run_demo: object, problem: str) -> None:
+    """``REDIS_URL`` is checked first: one line says which URL, why, and what to try."""
+    with contextlib.ExitStack() as stack:
+        if problem == "nothing listening":
+            port = free_port()
+            url, shown = f"redis://127.0.0.1:{port}", f"redis://127.0.0.1:{port}"
+            why = "connection refused. Is a Redis server running there?"
+        elif problem == "no answer":  # the kernel accepts the connection; nobody answers
+            silent = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+            port = silent.getsockname()[1]
+            url, shown = f"redis://127.0.0.1:{port}", f"redis://127.0.0.1:{port}"
+            why = "no answer within 5 s. Are the host and port right, and reachable?"
+        else:
+            server = RedisServer.launch(password="right-password")
+            stack.callback(server.close)
+            host, port = server.address
+            url, shown = f"redis://:wrong-password@{host}:{port}", f"redis://:***@{host}:{port}"
+            why = "refused the credentials: WRONGPASS"
+        started = time.monotonic()
+        demo = run_demo(  # type: ignore[operator]
+            "--ports", str(free_port()), str(free_port()), env=child_env(REDIS_URL=url)
+        )
+        demo.popen.wait(30)
+        elapsed = time.monotonic() - started
+        demo.finish()
+    assert demo.popen.returncode == 1, demo.describe()
+    assert elapsed < 10, demo.describe()  # the check takes a few seconds at most
+    assert demo.stdout == "", demo.describe()  # no URLs printed as if all were well
+    lines = demo.stderr.splitlines()
+    assert len(lines) == 1, demo.describe()
+    assert lines[0].startswith(f"demo: cannot use Redis at {shown} ($REDIS_URL): "), lines
+    assert why in lines[0]
+    assert lines[0].endswith("Or unset REDIS_URL to use a private Redis."), lines
+    assert "wrong-password" not in lines[0], lines
+    assert not demo.started  # no server was started

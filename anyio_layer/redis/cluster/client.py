@@ -223,7 +223,11 @@ class ClusterClient:
     async def primaries(self) -> list[ServerConfig]:
         """The primaries that serve slots, per the current topology (discovered if needed)."""
         await self._refresher.ensure()
-        return [ServerConfig(shard.primary, self.options) for shard in self._map.shards]
+        # Once each: CLUSTER SLOTS gives a primary serving several slot ranges once per range.
+        primaries = dict.fromkeys(
+            ServerConfig(shard.primary, self.options) for shard in self._map.shards
+        )
+        return list(primaries)
 
     @property
     def seeds(self) -> tuple[TCPAddress, ...]:

@@ -159,8 +159,11 @@ class TopologyRefresher:
             (reply,) = await pool.pipeline([("CLUSTER", "SHARDS")], raise_on_error=False)
             if not isinstance(reply, ErrorReply):
                 self.use_shards = True
-                return parse_shards(reply, address, self._tls)
-            if "unknown subcommand" not in reply.message.lower():
+                shards = parse_shards(reply, address, self._tls)
+                if shards is not None:
+                    return shards
+            elif "unknown subcommand" not in reply.message.lower():
                 raise ResponseError(reply.message)
-            self.use_shards = False  # Redis < 7
+            else:
+                self.use_shards = False  # Redis < 7
         return parse_slots(await pool.execute("CLUSTER", "SLOTS"), address)

@@ -62,8 +62,8 @@ def _host(value: object, asked: TCPAddress) -> str | None:
     return host
 
 
-def parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[ShardInfo]:
-    """Parse ``CLUSTER SHARDS`` (Redis 7+)."""
+def parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[ShardInfo] | None:
+    """Parse ``CLUSTER SHARDS`` (Redis 7+); None if a shard names two healthy primaries."""
     if not isinstance(reply, list):
         raise ProtocolError(f"CLUSTER SHARDS returned {reply!r:.100}")
     shards = []
@@ -75,6 +75,7 @@ def parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[ShardInfo]
         numbers = [int(_text(bound)) for bound in bounds]
         ranges = tuple(zip(numbers[::2], numbers[1::2], strict=True))
         primary: TCPAddress | None = None
+        primary_healthy = False
         replicas: list[TCPAddress] = []
         nodes = shard.get("nodes")
         for entry in nodes if isinstance(nodes, list) else []:
@@ -88,8 +89,11 @@ def parse_shards(reply: object, asked: TCPAddress, tls: bool) -> list[ShardInfo]
                 continue
             address = TCPAddress(host, port)
             if _text(node.get("role")) == "master":
-                if _text(node.get("health")) != "failed" or primary is None:
-                    primary = address
+                healthy = _text(node.get("health")) != "failed"
+                if healthy and primary_healthy:
+                    return None  # Valkey 8.0 after CLUSTER FAILOVER; CLUSTER SLOTS is right
+                if healthy or primary is None:
+                    primary, primary_healthy = address, healthy
             elif _text(node.get("health")) != "failed":
                 replicas.append(address)
         if primary is not None:

@@ -6,6 +6,7 @@ Environment variables:
   (default ``redis://127.0.0.1:6379``);
 * ``DJANGO_ALLOWED_HOSTS``: comma-separated host names the site answers to,
   also the origins websockets are accepted from (default: loopback names);
+* ``DJANGO_TIME_ZONE``: the zone of log times (default: the system's, else UTC);
 * ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG=1``: as usual.
 """
 
@@ -42,3 +43,24 @@ TEMPLATES = [
     }
 ]
 USE_TZ = True
+
+
+def system_time_zone() -> str:
+    """The machine's time zone (the target of /etc/localtime), else UTC.
+
+    Django sets the process's zone to TIME_ZONE (default "America/Chicago"),
+    which also dates the server's log lines: following the system's zone keeps
+    them in step with the system clock.
+    """
+    import zoneinfo
+
+    target = os.path.realpath("/etc/localtime")
+    name = target.split("/zoneinfo/", 1)[1] if "/zoneinfo/" in target else ""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        return "UTC"
+    return name
+
+
+TIME_ZONE = os.environ.get("DJANGO_TIME_ZONE") or system_time_zone()

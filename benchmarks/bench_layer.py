@@ -52,9 +52,10 @@ the run loudly and makes the script exit with status 1.
 Reported per run: messages/s (fan-out: deliveries/s, plus group_send calls/s),
 the ratio of ours to channels_redis, p50/p99 latency (receive time minus the
 send time carried in the message: ``time.perf_counter()`` in one process,
-``time.time()`` across processes) and the benchmark's CPU time per message.
+``time.time()`` across processes), the benchmark's CPU time per message and
+redis-server's (``INFO cpu``).
 Rates are timed from the first send to the last receive; each measurement runs
-``--repeats`` times (default 2, interleaved) and the fastest round is shown.
+``--repeats`` times (default 3, interleaved) and the median round is shown.
 channels_redis gets fewer messages where it is slow; rates are per message,
 so the ratios stay comparable.
 
@@ -72,6 +73,7 @@ import dataclasses
 import functools
 import gc
 import json
+import math
 import os
 import platform
 import sys
@@ -289,6 +291,7 @@ class Measurement:
     retries: int = 0  # sends refused with ChannelFull and retried
     layer_stats: dict[str, Any] | None = None  # the receiving layer's (ours only)
     sender_stats: dict[str, Any] | None = None  # the sending layer's, if it is another one
+    redis_cpu_seconds: float = math.nan  # redis-server's CPU time while timed (INFO cpu)
 
     @property
     def rate(self) -> float:
@@ -298,24 +301,42 @@ class Measurement:
     def cpu_per_message(self) -> float:
         return self.cpu_seconds / self.messages
 
+    @property
+    def redis_cpu_per_message(self) -> float:
+        return self.redis_cpu_seconds / self.messages
+
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+#: Reads redis-server's CPU time in seconds (INFO cpu, user + sys); set by the runner in the
+#: benchmark's main process (None in workers, whose Redis CPU the main process accounts for).
+redis_cpu_probe: Callable[[], float] | None = None
+
+
+def redis_cpu_now() -> float:
+    return math.nan if redis_cpu_probe is None else redis_cpu_probe()
+
+
 @dataclasses.dataclass(frozen=True)
 class Start:
-    """When a timed phase began, on the messages' clock and in process CPU time."""
+    """When a timed phase began: the messages' clock, process CPU time and Redis's CPU time."""
 
     wall: float
     cpu: float
+    redis_cpu: float = math.nan
 
     @classmethod
     def now(cls, clock: Callable[[], float] = time.perf_counter) -> Start:
-        return cls(clock(), time.process_time())
+        redis_cpu = redis_cpu_now()  # first: the probe's own cost stays out of the timing
+        return cls(clock(), time.process_time(), redis_cpu)
 
     def cpu_since(self) -> float:
         return time.process_time() - self.cpu
+
+    def redis_cpu_since(self) -> float:
+        return redis_cpu_now() - self.redis_cpu
 
 
 def measured(
@@ -323,9 +344,18 @@ def measured(
 ) -> Measurement:
     """Rate from the start to the last receive, with every check's latencies."""
     cpu = start.cpu_since()
+    redis_cpu = start.redis_cpu_since()
     latencies = [x for check in checks for x in check.latencies]
     seconds = max(check.last for check in checks) - start.wall
-    return Measurement(len(latencies), seconds, latencies, cpu, calls=calls, retries=retries)
+    return Measurement(
+        len(latencies),
+        seconds,
+        latencies,
+        cpu,
+        calls=calls,
+        retries=retries,
+        redis_cpu_seconds=redis_cpu,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,7 +516,13 @@ async def drive_worker(
     for seq in range(n):
         retries += await send_with_retry(layer, channel, message(seq, time.time), full)
     report: dict[str, Any] = json.loads(await read_line(lines))
-    return {**report, "started": start.wall, "sender_cpu": start.cpu_since(), "retries": retries}
+    return {
+        **report,
+        "started": start.wall,
+        "sender_cpu": start.cpu_since(),
+        "redis_cpu": start.redis_cpu_since(),
+        "retries": retries,
+    }
 
 
 async def cross_process(layers: Layers, ctx: RunContext, n: int, mode: str) -> Measurement:
@@ -506,7 +542,14 @@ async def cross_process(layers: Layers, ctx: RunContext, n: int, mode: str) -> M
     latencies: list[float] = report["latencies"]
     seconds = report["last"] - report["started"]
     cpu = report["sender_cpu"] + report["receiver_cpu"]
-    return Measurement(len(latencies), seconds, latencies, cpu, retries=report["retries"])
+    return Measurement(
+        len(latencies),
+        seconds,
+        latencies,
+        cpu,
+        retries=report["retries"],
+        redis_cpu_seconds=report["redis_cpu"],
+    )
 
 
 async def worker_receive(contender: Contender, url: str, n: int, mode: str) -> dict[str, Any]:
@@ -726,13 +769,25 @@ def better(a: Outcome, b: Outcome) -> Outcome:
     return a if a.result.rate >= b.result.rate else b
 
 
+def median_round(rounds: Sequence[Outcome]) -> Outcome:
+    """The round with the median rate (the lower middle one for an even count).
+
+    A failed round wins, so failures are never hidden.
+    """
+    failed = [o for o in rounds if o.error is not None or o.result is None]
+    if failed:
+        return failed[0]
+    ordered = sorted(rounds, key=lambda o: o.result.rate if o.result else 0.0)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def run_all(
     server: BenchServer, cases: Sequence[Case], scale: float, repeats: int
 ) -> list[Outcome]:
     """Run every case for every contender and variant; rounds interleave (A B C, A B C)."""
     outcomes: list[Outcome] = []
     for case in cases:
-        best: dict[tuple[str, str], Outcome] = {}
+        rounds: dict[tuple[str, str], list[Outcome]] = {}
         for round_no in range(repeats):
             for contender in CONTENDERS:
                 for variant in case.variants(contender):
@@ -746,10 +801,8 @@ def run_all(
                     outcome = run_one(case, contender, variant, server, scale)
                     status = "ok" if outcome.error is None else f"FAILED: {outcome.error}"
                     print(f" {time.perf_counter() - started:.1f} s {status}", file=sys.stderr)
-                    key = (contender.name, variant)
-                    previous = best.get(key)
-                    best[key] = outcome if previous is None else better(previous, outcome)
-        outcomes += best.values()
+                    rounds.setdefault((contender.name, variant), []).append(outcome)
+        outcomes += [median_round(each) for each in rounds.values()]
     server.reset()
     return outcomes
 
@@ -798,7 +851,7 @@ def table_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
         delivered = outcome.messages if result is None else result.messages
         head = (outcome.case.title, outcome.contender.name, outcome.variant, f"{delivered:,}")
         if result is None or outcome.error is not None:
-            rows.append((*head, "FAILED", "", "", "", "", outcome.error or ""))
+            rows.append((*head, "FAILED", "", "", "", "", "", outcome.error or ""))
             continue
         ratio = f"{result.rate / baseline:.1f}x" if baseline else "n/a"
         rows.append(
@@ -809,10 +862,15 @@ def table_rows(outcomes: Sequence[Outcome]) -> list[tuple[str, ...]]:
                 f"{result.percentile(0.5) * 1000:.2f}",
                 f"{result.percentile(0.99) * 1000:.2f}",
                 f"{result.cpu_per_message * 1e6:.0f}",
+                format_us(result.redis_cpu_per_message),
                 notes_for(outcome),
             )
         )
     return rows
+
+
+def format_us(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1e6:.1f}"
 
 
 def format_table(outcomes: Sequence[Outcome]) -> str:
@@ -826,6 +884,7 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
         "p50 ms",
         "p99 ms",
         "cpu us/msg",
+        "redis us/msg",
         "notes",
     )
     rows = table_rows(outcomes)
@@ -852,7 +911,8 @@ msg/s: messages received per second, first send to last receive; for group_send,
 vs cr: msg/s divided by channels_redis's in the same case (both variants of ours against the
 same channels_redis row). Latency: receive time - send time in the message.
 cpu us/msg: CPU time of the benchmark process(es) (sender and receiver; not redis-server) per
-message while timed: less sensitive to machine load than msg/s.
+message while timed: less sensitive to machine load than msg/s. redis us/msg: redis-server's
+CPU time (INFO cpu, user + sys) per message over the same span.
 channels_redis gets fewer messages than ours (see "messages"); rates are per message.
 Senders retry after ChannelFull with a {RETRY_SLEEP * 1000:.0f} ms sleep. group_send keeps at most
 {FANOUT_WINDOW} messages in flight (capacity is 100). channels_redis receives on process-local
@@ -902,6 +962,7 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
             "seconds": result.seconds,
             "messages_per_second": result.rate,
             "cpu_seconds": result.cpu_seconds,
+            "redis_cpu_seconds": result.redis_cpu_seconds,
             "group_send_calls": result.calls,
             "channel_full_retries": result.retries,
             "latency_seconds": {f"p{q}": result.percentile(q / 100) for q in (50, 90, 99, 100)},
@@ -933,6 +994,7 @@ class BenchServer:
 
     url: str
     private: bool  # launched by us: FLUSHALL; else only our prefix's keys are deleted
+    _admin: redis.Redis | None = dataclasses.field(default=None, repr=False)
 
     def reset(self) -> None:
         admin = redis.Redis.from_url(self.url)
@@ -956,6 +1018,13 @@ class BenchServer:
             int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
         )
 
+    def cpu_seconds(self) -> float:
+        """redis-server's CPU time so far (user + sys, all threads), from INFO cpu."""
+        if self._admin is None:
+            self._admin = redis.Redis.from_url(self.url)
+        cpu = self._admin.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
     def version(self) -> str:
         admin = redis.Redis.from_url(self.url)
         try:
@@ -967,6 +1036,8 @@ class BenchServer:
 def benchmark(server: BenchServer, args: argparse.Namespace) -> int:
     cases = [case for case in CASES if args.only is None or case.scenario == args.only]
     env = environment(server.url, server.version())
+    global redis_cpu_probe
+    redis_cpu_probe = server.cpu_seconds
     began = time.perf_counter()
     outcomes = run_all(server, cases, args.scale, args.repeats)
     print(f"  done in {time.perf_counter() - began:.0f} s\n", file=sys.stderr)
@@ -997,7 +1068,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write raw results to this file")
     parser.add_argument("--only", choices=SCENARIOS, help="run only this scenario")
     parser.add_argument(
-        "--repeats", type=int, default=2, help="rounds per run (default 2); the fastest is reported"
+        "--repeats", type=int, default=3, help="rounds per run (default 3); the median is reported"
     )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)

@@ -50,9 +50,10 @@ queues instead). Its layer is flushed at the end of every run.
 
 Reported per run: messages/s (fan-out: deliveries/s, plus group_send calls/s),
 the ratio of ours to channels_redis, p50/p99 latency (receive time minus the
-send time carried in the message) and the benchmark's CPU time per message.
+send time carried in the message), the benchmark's CPU time per message and
+redis-server's (``INFO cpu``).
 Each measurement runs ``--repeats`` times (default 3, interleaved) and the
-fastest round is shown. channels_redis gets a quarter of ours' messages; rates
+median round is shown. channels_redis gets a quarter of ours' messages; rates
 are per message, so the ratios stay comparable. The load average is printed
 before and after the run.
 
@@ -81,6 +82,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import bench_layer
 import redis
 from anyio.streams.buffered import BufferedByteReceiveStream
 from bench_layer import (
@@ -100,7 +102,6 @@ from bench_layer import (
     StreamCheck,
     VerificationError,
     Window,
-    better,
     describe_environment,
     describe_error,
     environment,
@@ -108,6 +109,7 @@ from bench_layer import (
     hosts_of,
     layer_statistics,
     measured,
+    median_round,
     message,
     outcome_json,
     read_line,
@@ -366,7 +368,13 @@ async def drive_worker(
             await window.wait_for_room(seq)
             await layer.send(channel, message(seq, time.time))
         sender_cpu = start.cpu_since()
-    return {**report, "started": start.wall, "sender_cpu": sender_cpu}
+    # After the receiver's last report: Redis has done all its work for the run.
+    return {
+        **report,
+        "started": start.wall,
+        "sender_cpu": sender_cpu,
+        "redis_cpu": start.redis_cpu_since(),
+    }
 
 
 async def cross_process(layers: Layers, ctx: RunContext, n: int) -> Measurement:
@@ -384,7 +392,9 @@ async def cross_process(layers: Layers, ctx: RunContext, n: int) -> Measurement:
     latencies: list[float] = report["latencies"]
     seconds = report["last"] - report["started"]
     cpu = report["sender_cpu"] + report["receiver_cpu"]
-    return Measurement(len(latencies), seconds, latencies, cpu)
+    return Measurement(
+        len(latencies), seconds, latencies, cpu, redis_cpu_seconds=report["redis_cpu"]
+    )
 
 
 async def worker_receive(contender: Contender, url: str, n: int) -> dict[str, Any]:
@@ -581,7 +591,7 @@ def run_all(
     """Run every case for every contender; rounds interleave (A B C, A B C)."""
     outcomes: list[Outcome] = []
     for case in cases:
-        best: dict[str, Outcome] = {}
+        rounds: dict[str, list[Outcome]] = {}
         for round_no in range(repeats):
             for contender in CONTENDERS:
                 (variant,) = case.variants(contender)
@@ -591,9 +601,8 @@ def run_all(
                 outcome = run_one(case, contender, variant, server, scale)
                 status = "ok" if outcome.error is None else f"FAILED: {outcome.error}"
                 print(f" {time.perf_counter() - started:.1f} s {status}", file=sys.stderr)
-                previous = best.get(contender.name)
-                best[contender.name] = outcome if previous is None else better(previous, outcome)
-        outcomes += best.values()
+                rounds.setdefault(contender.name, []).append(outcome)
+        outcomes += [median_round(each) for each in rounds.values()]
     return outcomes
 
 
@@ -610,7 +619,8 @@ msg/s: messages received per second, first send to last receive; for group_send,
 vs cr: msg/s divided by channels_redis's in the same case. Latency: receive time - send time in
 the message (time.time() across processes).
 cpu us/msg: CPU time of the benchmark process(es) (sender and receiver; not redis-server) per
-message while timed: less sensitive to machine load than msg/s.
+message while timed: less sensitive to machine load than msg/s. redis us/msg: redis-server's
+CPU time (INFO cpu, user + sys) per message over the same span.
 Pacing: pub/sub has no back-pressure, so every sender stays at most {WINDOW} messages ahead of the
 slowest receiver of its channel or group; across processes the receiver reports progress every
 {ACK_EVERY} messages on its stdout. Latency in paced cases includes that queue. Delivery is
@@ -647,6 +657,7 @@ def write_json(
 def benchmark(server: PubSubServer, args: argparse.Namespace) -> int:
     cases = [case for case in CASES if args.only is None or case.scenario == args.only]
     env = environment(server.url, server.version())
+    bench_layer.redis_cpu_probe = server.cpu_seconds
     load_before = os.getloadavg()
     began = time.perf_counter()
     outcomes = run_all(server, cases, args.scale, args.repeats)
@@ -683,7 +694,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write raw results to this file")
     parser.add_argument("--only", choices=SCENARIOS, help="run only this scenario")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="rounds per run (default 3); the fastest is reported"
+        "--repeats", type=int, default=3, help="rounds per run (default 3); the median is reported"
     )
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)

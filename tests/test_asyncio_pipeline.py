@@ -24,6 +24,7 @@ from anyio_layer.exceptions import (
     RedisConnectionError,
     RedisTimeoutError,
 )
+from anyio_layer.redis import asyncio_stream
 from anyio_layer.redis.asyncio_pipeline import AsyncioPipeline, _HandshakeStream, running_on_asyncio
 from anyio_layer.redis.pool import ConnectionPool, open_pool
 from anyio_layer.redis.protocol import Arg
@@ -87,6 +88,39 @@ async def test_fast_path_only_on_asyncio_and_only_for_the_shared_connection(
         async with pool.connection() as connection:
             assert not isinstance(connection._stream, _HandshakeStream)
             assert await connection.execute("PING") == b"PONG"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_dedicated_connections_keep_reading_on_asyncio(
+    anyio_backend: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(asyncio_stream, "HIGH_WATER", 64 * 1024)
+    value = bytes(range(256)) * 4096  # 1 MiB: far above the (lowered) high-water mark
+    async with open_pool(redis_url) as pool:
+        await pool.execute("SET", "big", value)
+        async with pool.connection() as connection:
+            on_asyncio = anyio_backend == "asyncio"
+            assert isinstance(connection._stream, asyncio_stream.ProtocolStream) == on_asyncio
+            # Replies far above the high-water mark: reading pauses and resumes.
+            for _ in range(3):
+                assert await connection.execute("GET", "big") == value
+            assert await connection.execute("PING") == b"PONG"
+        # A reader blocked on a dedicated connection fails when it is closed.
+        async with pool.connection() as connection:
+            errors: list[Exception] = []
+
+            async def blocked() -> None:
+                try:
+                    await connection.execute("BLPOP", "never", "0")
+                except RedisConnectionError as exc:
+                    errors.append(exc)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(blocked)
+                    await anyio.sleep(0.1)
+                    await connection.aclose()
+            assert len(errors) == 1
 
 
 def test_not_on_asyncio_outside_an_event_loop() -> None:

@@ -19,7 +19,8 @@ from anyio_layer.exceptions import (
     RedisConnectionError,
 )
 from anyio_layer.pubsub import PubSubLayer, open_pubsub_layer
-from anyio_layer.testing import RedisServer
+from anyio_layer.pubsub import subscriber as subscriber_module
+from anyio_layer.testing import RedisServer, run_fault_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -233,6 +234,40 @@ async def test_disconnect_and_reconnect_notifications_on_client_kill(
         assert await layer.receive(b) == {"type": "after"}
         stats = layer.statistics()
         assert (stats.disconnects, stats.reconnects) == (1, 1)
+
+
+async def test_health_check_pings_a_quiet_connection_and_detects_a_dead_one(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(subscriber_module, "HEALTH_CHECK_INTERVAL", 0.2)
+
+    def pings() -> int:
+        stat = redis_server.info("commandstats").get("cmdstat_ping", "calls=0,")
+        return int(stat.split(",")[0].removeprefix("calls="))
+
+    async with (
+        run_fault_proxy(redis_server.address) as proxy,
+        open_pubsub_layer(
+            hosts=[proxy.url], on_disconnect="redis.disconnect", on_reconnect="redis.reconnect"
+        ) as layer,
+    ):
+        channel = await layer.new_channel()
+        # Traffic keeps the check away; a quiet connection is pinged and stays.
+        for i in range(10):
+            await layer.send(channel, {"type": "t", "i": i})
+            assert (await layer.receive(channel))["i"] == i
+            await anyio.sleep(0.05)
+        before = pings()
+        await anyio.sleep(0.7)
+        assert pings() >= before + 2
+        assert layer.statistics().disconnects == 0
+        # A connection that stops answering is given up within two intervals.
+        proxy.blackhole()
+        with anyio.fail_after(5):
+            assert await layer.receive(channel) == {"type": "redis.disconnect"}
+        proxy.heal()
+        with anyio.fail_after(10):
+            assert await layer.receive(channel) == {"type": "redis.reconnect"}
 
 
 async def test_notifications_across_a_server_restart(redis_server_factory: ServerFactory) -> None:

@@ -239,6 +239,20 @@ async def test_local_buffer_overflow_drops_oldest_and_counts(layer_hosts: list[s
         assert [(await layer.receive(busy))["i"] for _ in range(5)] == [5, 6, 7, 8, 9]
 
 
+async def test_idle_local_buffers_are_kept_briefly_then_forgotten(layer_hosts: list[str]) -> None:
+    async with open_redis_layer(hosts=layer_hosts) as layer:
+        channels = [await layer.new_channel() for _ in range(20)]
+        for i, channel in enumerate(channels):
+            await layer.send(channel, {"type": "m", "i": i})
+            assert (await layer.receive(channel))["i"] == i
+        # Nothing buffered, nobody receiving: no local channel counts.
+        assert layer.statistics().local_channels == 0
+        await anyio.sleep(1.1)  # the sweep runs at most once a second
+        await layer.send(channels[0], {"type": "m", "i": 0})
+        assert (await layer.receive(channels[0]))["i"] == 0
+        assert len(layer._buffers) <= 1
+
+
 async def test_scoped_channel(layer_hosts: list[str]) -> None:
     async with open_redis_layer(hosts=layer_hosts) as layer:
         async with layer.open_channel("lobby", "news") as channel:

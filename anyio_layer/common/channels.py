@@ -20,6 +20,7 @@ import anyio
 
 from ..exceptions import ChannelClosedError, LayerClosedError, RedisError
 from ..messages import validate_group_name
+from .wakeup import Waiters
 
 __all__ = ["LayerChannel", "LocalBuffer", "ScopedChannels"]
 
@@ -37,14 +38,14 @@ class LocalBuffer:
     message: it stays here for the next one.
     """
 
-    __slots__ = ("_wakeup", "capacity", "closed", "messages", "receivers")
+    __slots__ = ("_waiters", "capacity", "closed", "messages", "receivers")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.messages: deque[tuple[float, dict[str, Any]]] = deque()
         self.receivers = 0
         self.closed = False
-        self._wakeup: anyio.Event | None = None
+        self._waiters = Waiters()
 
     def put(self, timestamp: float, message: dict[str, Any]) -> bool:
         """Buffer a message; False if the oldest one had to be dropped to make room."""
@@ -52,9 +53,7 @@ class LocalBuffer:
         if dropped:
             self.messages.popleft()
         self.messages.append((timestamp, message))
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
+        self._waiters.wake_all()
         return not dropped
 
     async def wait(self) -> None:
@@ -66,17 +65,13 @@ class LocalBuffer:
         while not self.messages:
             if self.closed:
                 raise ChannelClosedError("the channel was closed while receiving from it")
-            if self._wakeup is None:
-                self._wakeup = anyio.Event()
-            await self._wakeup.wait()
+            await self._waiters.wait()
 
     def close(self) -> None:
         """Drop buffered messages and wake receivers, who get ChannelClosedError."""
         self.closed = True
         self.messages.clear()
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
+        self._waiters.wake_all()
 
     def drop_expired(self, cutoff: float) -> int:
         """Drop messages buffered before ``cutoff``; return how many."""

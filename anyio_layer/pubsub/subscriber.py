@@ -225,13 +225,16 @@ class Subscriber:
         if protocol.wanted:
             await self._write(self.dialect.subscribe, sorted(protocol.wanted))
         handle = protocol.handle
+        current_time = anyio.current_time
+        quiet_since = current_time()
         while True:
-            # One scope per silent period, its deadline pushed back as data
-            # arrives: cheaper than a new timeout around every read.
-            with anyio.CancelScope(deadline=anyio.current_time() + HEALTH_CHECK_INTERVAL) as scope:
+            # One scope per silent period, expiring HEALTH_CHECK_INTERVAL after
+            # the last data: its deadline is not moved on every read (that
+            # re-arms a timer each time), it is checked when it expires.
+            with anyio.CancelScope(deadline=quiet_since + HEALTH_CHECK_INTERVAL):
                 while True:
                     data = await connection.receive_raw()
-                    scope.deadline = anyio.current_time() + HEALTH_CHECK_INTERVAL
+                    quiet_since = current_time()
                     self._awaiting_ping = False
                     try:
                         for reply in connection.feed_and_drain(data):
@@ -244,12 +247,15 @@ class Subscriber:
                     while protocol.deferred:
                         verb, names = protocol.deferred.pop(0)
                         await self._write(verb, names)
+            if current_time() - quiet_since < HEALTH_CHECK_INTERVAL:
+                continue  # data came during the period: wait for the rest of it
             if self._awaiting_ping:
                 raise RedisConnectionError(
                     f"subscriber connection to {self.label} stopped answering"
                 )
             self._awaiting_ping = True
             await self._write(None, ())
+            quiet_since = current_time()  # the PING's answer is due within an interval
 
     async def _write(self, verb: str | None, names: Collection[str]) -> None:
         """Write ``verb`` for ``names`` (None: a health check), each command closed by a PING."""

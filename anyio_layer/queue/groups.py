@@ -119,6 +119,9 @@ class GroupCommands:
         # Members that are this layer's own channels get the message in memory;
         # the rest get one copy per Redis key, naming every member stored in it.
         targets: dict[bytes, list[str]] = {}
+        # Where a channel goes depends only on its name up to "!": work it out once
+        # per process-local key (None: this layer's own channels).
+        key_of: dict[str, bytes | None] = {}
         invalid = 0
         for member in members:
             try:  # a foreign writer may have put anything in the group's set
@@ -128,13 +131,18 @@ class GroupCommands:
             except (UnicodeDecodeError, InvalidChannelName):
                 invalid += 1
                 continue
-            if is_process_local(channel) and self._is_own(channel):
+            name = non_local_name(channel)
+            if name in key_of:
+                key = key_of[name]
+            else:
+                own = is_process_local(channel) and self._is_own(channel)
+                key = key_of[name] = None if own else self._keys.channel_key(channel)
+            if key is None:
                 if self._local.deliver(channel, plain, now):
                     self._counters.group_deliveries += 1
                 else:
                     self._counters.group_skipped += 1
                 continue
-            key = self._keys.channel_key(channel)
             targets.setdefault(key, []).append(channel)
         if invalid:
             self._counters.decode_errors += invalid

@@ -276,18 +276,19 @@ class QueueLayer(ScopedChannels):
         validate_channel_name(channel)
         if not is_process_local(channel):
             return await self._normal.receive(channel)
+        buffer = self._buffers.get(channel)
+        if buffer is None:
+            if not self._owns(non_local_name(channel)):
+                raise InvalidChannelName(
+                    f"channel {channel!r} was not created by this layer's new_channel(): only "
+                    f"the process that created a process-local channel can receive from it"
+                )
+            buffer = self._buffers[channel] = LocalBuffer(self.capacities.for_channel(channel))
+        # (Buffers only exist under this layer's keys: a known channel is its own.)
         local_key = non_local_name(channel)
-        if not self._owns(local_key):
-            raise InvalidChannelName(
-                f"channel {channel!r} was not created by this layer's new_channel(): only "
-                f"the process that created a process-local channel can receive from it"
-            )
         demand = self._readers.get(local_key)
         if demand is None:
             demand = self._local.start_reader(local_key)
-        buffer = self._buffers.get(channel)
-        if buffer is None:
-            buffer = self._buffers[channel] = LocalBuffer(self.capacities.for_channel(channel))
         buffer.receivers += 1
         demand.update(buffer)
         self._leases.touch(channel)

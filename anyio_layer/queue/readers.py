@@ -294,14 +294,25 @@ class LocalReaders:
                     )
         self._sweep(cutoff)
 
+    def sweep_soon(self) -> None:
+        """Run the sweep if it is due (for ``receive()``, which leaves idle buffers in place)."""
+        if time.monotonic() >= self._next_sweep:
+            self._sweep(time.time() - self._expiry)
+
     def _sweep(self, cutoff: float) -> None:
-        """Forget expired messages of channels nobody is receiving from (at most once a second)."""
+        """Forget idle buffers and expired messages nobody receives (at most once a second).
+
+        A buffer with no receiver and no message is kept until then, so a
+        consumer that calls ``receive()`` again right away finds it.
+        """
         now = time.monotonic()
         if now < self._next_sweep:
             return
         self._next_sweep = now + 1.0
         for name, buffer in list(self.buffers.items()):
-            if not buffer.receivers and buffer.messages and buffer.messages[0][0] < cutoff:
+            if buffer.receivers:
+                continue
+            if buffer.messages and buffer.messages[0][0] < cutoff:
                 self._counters.expired += buffer.drop_expired(cutoff)
-                if not buffer.messages:
-                    del self.buffers[name]
+            if not buffer.messages:
+                del self.buffers[name]

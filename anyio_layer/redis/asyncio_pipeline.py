@@ -3,8 +3,9 @@
 Under asyncio, :class:`~anyio_layer.redis.pool.ConnectionPool` runs its shared
 pipelined connection on :class:`AsyncioPipeline` instead of
 :class:`~anyio_layer.redis.pipeline.StreamPipeline` (an anyio byte stream plus
-a reader task). Trio, and the dedicated connections of blocking commands and
-subscribers, keep the anyio stream path. The two pipelines have the same
+a reader task). (Trio has its own fast path,
+:mod:`~anyio_layer.redis.trio_pipeline`; the dedicated connections of blocking
+commands and subscribers keep the anyio stream.) The pipelines have the same
 interface (:class:`~anyio_layer.redis.pipeline.SharedPipeline`) and the same
 contract; this one just skips anyio's stream machinery, which dominates the
 per-command cost under asyncio (a shielded cancel scope per write, an extra
@@ -67,8 +68,9 @@ import anyio.abc
 import anyio.lowlevel
 
 from ..exceptions import ProtocolError, RedisConnectionError, RedisTimeoutError
-from .config import ServerConfig, TCPAddress
-from .connection import Connection, OpenStream, translate_io_errors
+from .asyncio_stream import create_connection
+from .config import ServerConfig
+from .connection import Connection, OpenStream
 from .protocol import NEED_DATA, Parser
 
 try:
@@ -293,35 +295,9 @@ class AsyncioPipeline(asyncio.Protocol):
             await self._wait()
 
     async def _open_stream(self, server: ServerConfig) -> anyio.abc.ByteStream:
-        """Connect this protocol to ``server``: the ``open_stream`` of :func:`connect`.
-
-        The addresses a host name resolves to are tried one after the other.
-        (No ``happy_eyeballs_delay``: on Python 3.11 a connect cancelled during
-        a happy-eyeballs race can leak a connected socket, whereas a
-        sequential connect always closes what it opened.)
-        """
+        """Connect this protocol to ``server``: the ``open_stream`` of :func:`connect`."""
         self._server = server
-        loop = self._loop
-        address = server.address
-        tls = server.options.tls
-        with translate_io_errors(server):
-            if isinstance(address, TCPAddress):
-                if tls is None:
-                    await loop.create_connection(
-                        lambda: self,
-                        address.host,
-                        address.port,
-                    )
-                else:
-                    await loop.create_connection(
-                        lambda: self,
-                        address.host,
-                        address.port,
-                        ssl=tls.create_context(),
-                        server_hostname=tls.server_hostname or address.host,
-                    )
-            else:
-                await loop.create_unix_connection(lambda: self, address.path)
+        await create_connection(server, lambda: self)
         return _HandshakeStream(self)
 
     # -- asyncio.Protocol ---------------------------------------------------------------

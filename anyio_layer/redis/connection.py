@@ -22,6 +22,8 @@ the server.
 from __future__ import annotations
 
 import contextlib
+import functools
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final, TypeAlias
@@ -78,10 +80,17 @@ def translate_io_errors(server: object) -> Iterator[None]:
 class Connection:
     """A connection to one server; see the module docstring for its contract."""
 
-    __slots__ = ("_parser", "_stream", "broken", "client_id", "generation", "server")
+    __slots__ = ("_parser", "_receive", "_stream", "broken", "client_id", "generation", "server")
 
-    def __init__(self, stream: anyio.abc.ByteStream, server: ServerConfig) -> None:
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        server: ServerConfig,
+        receive: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> None:
         self._stream = stream
+        #: Reads what is available (for a fast path: must behave as ``stream.receive``).
+        self._receive = receive or functools.partial(stream.receive, READ_SIZE)
         self._parser = Parser()
         self.server = server
         #: ``CLIENT ID`` of this connection, learned during the handshake.
@@ -107,7 +116,7 @@ class Connection:
         while reply is NEED_DATA:
             try:
                 with translate_io_errors(self.server):
-                    data = await self._stream.receive(READ_SIZE)
+                    data = await self._receive()
                 parser.feed(data)
             except BaseException:
                 self.broken = True
@@ -129,7 +138,19 @@ class Connection:
     async def receive_raw(self) -> bytes:
         """Read whatever bytes are available (for the pipelined reader)."""
         with translate_io_errors(self.server):
-            return await self._stream.receive(READ_SIZE)
+            return await self._receive()
+
+    def raw_socket(self) -> socket.socket | None:
+        """The socket under a plain TCP or Unix stream (None under TLS), for a fast path.
+
+        Only :class:`~anyio_layer.redis.trio_pipeline.TrioPipeline` uses it,
+        after the handshake, instead of the stream; closing still goes through
+        :meth:`aclose`.
+        """
+        if self.server.options.tls is not None:
+            return None
+        sock: socket.socket | None = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        return sock
 
     async def execute(self, *args: Arg) -> object:
         """Send one command and return its reply, raising error replies.
@@ -184,7 +205,7 @@ async def connect(
     try:
         with anyio.fail_after(timeout):
             stream = await (open_stream or _open_stream)(server)
-            connection = Connection(stream, server)
+            connection = Connection(stream, server, _fast_receive(stream, server, open_stream))
             try:
                 await _handshake(connection, client_name or options.client_name, check_role)
             except BaseException:
@@ -212,6 +233,26 @@ async def _open_stream(server: ServerConfig) -> anyio.abc.ByteStream:
                 tls_standard_compatible=False,
             )
         return await anyio.connect_unix(address.path)
+
+
+def _fast_receive(
+    stream: anyio.abc.ByteStream, server: ServerConfig, open_stream: OpenStream | None
+) -> Callable[[], Awaitable[bytes]] | None:
+    """Under trio, on a plain socket: reads straight from the socket (see trio_pipeline)."""
+    if open_stream is not None or server.options.tls is not None:
+        return None
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if sock is None or _running_on_asyncio():
+        return None
+    from .trio_pipeline import socket_reader  # trio is an optional dependency
+
+    return socket_reader(sock)
+
+
+def _running_on_asyncio() -> bool:
+    from .asyncio_pipeline import running_on_asyncio  # (which imports this module)
+
+    return running_on_asyncio()
 
 
 async def _handshake(connection: Connection, client_name: str | None, check_role: bool) -> None:

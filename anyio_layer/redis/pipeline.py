@@ -10,9 +10,10 @@ fifty concurrent senders cost a handful of syscalls, not fifty round trips.
 This module owns :class:`SharedPipeline`, what
 :class:`~anyio_layer.redis.pool.ConnectionPool` needs of its shared
 connection, and :class:`StreamPipeline`, the implementation on an anyio
-stream used under trio. (Under asyncio the pool uses
-:class:`~anyio_layer.redis.asyncio_pipeline.AsyncioPipeline` instead: same
-interface and contract, without anyio's stream machinery and reader task.)
+stream, used under trio for TLS connections. (Under asyncio the pool uses
+:class:`~anyio_layer.redis.asyncio_pipeline.AsyncioPipeline`, and under trio on
+plain sockets :class:`~anyio_layer.redis.trio_pipeline.TrioPipeline`: same
+interface and contract, without anyio's stream machinery.)
 Its reader, :meth:`StreamPipeline.read_loop`, runs in the pool's task group;
 the pool starts it. A pipeline does not reconnect, back off or know about
 Sentinel: when it closes it tells the pool (``on_close``), which does.
@@ -52,7 +53,7 @@ class _Request:
 
 
 class SharedPipeline(Protocol):
-    """What the pool needs of its shared connection: :class:`StreamPipeline` or ``AsyncioPipeline``.
+    """What the pool needs of its shared connection (stream, asyncio or trio pipeline).
 
     ``request(payload, expected, deadline)`` writes ``payload`` (``expected``
     encoded commands) and returns their replies, or raises the error that

@@ -2,12 +2,15 @@
 
 Non-blocking commands from any number of tasks share **one pipelined
 connection** (:mod:`anyio_layer.redis.pipeline`), opened on first use and
-reopened after it fails. Under trio its reader task runs in the pool's task
-group; under asyncio it is an ``asyncio.Protocol`` with no task
-(:mod:`anyio_layer.redis.asyncio_pipeline`, the fast path).
+reopened after it fails. Under asyncio it is an ``asyncio.Protocol`` with no
+task (:mod:`anyio_layer.redis.asyncio_pipeline`); under trio it runs on trio's
+socket primitives (:mod:`anyio_layer.redis.trio_pipeline`), or on an anyio
+stream for TLS (:mod:`anyio_layer.redis.pipeline`), with its reader task in
+the pool's task group.
 
 Blocking commands (``BZPOPMIN``) and subscribers get **dedicated
-connections**, lent to one task at a time by :meth:`ConnectionPool.connection`.
+connections**, lent to one task at a time by :meth:`ConnectionPool.connection`
+(under asyncio on :mod:`anyio_layer.redis.asyncio_stream`, which keeps reading).
 
 Cancellation contract (tested in ``tests/test_cancellation_connection.py``):
 
@@ -57,7 +60,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
@@ -65,6 +68,7 @@ import anyio.abc
 from ..common.tasks import open_service_task_group
 from ..exceptions import LayerClosedError, RedisConnectionError
 from .asyncio_pipeline import open_asyncio_pipeline, running_on_asyncio
+from .asyncio_stream import open_protocol_stream
 from .config import HostConfig, SentinelConfig, ServerConfig
 from .connection import Connection, OpenStream, connect, raise_for_reply
 from .hosts import DEFAULT_HOST, parse_host
@@ -74,6 +78,9 @@ from .scripts import Script
 from .sentinel import discover_primary
 from .unblock import recover_blocked
 from .waiting import wait_for_connection
+
+if TYPE_CHECKING:
+    from .trio_pipeline import TrioPipeline
 
 __all__ = ["MAX_BACKOFF", "ConnectionPool", "PoolStatistics", "open_pool"]
 
@@ -337,12 +344,20 @@ class ConnectionPool:
                 self._pipeline = pipeline
                 return pipeline
             connection = await self._connect()
-            anyio_pipeline = StreamPipeline(connection, self._pipeline_closed)
-            self._pipeline = anyio_pipeline
+            sock = connection.raw_socket()
+            reader_pipeline: StreamPipeline | TrioPipeline
+            if sock is not None:
+                # The trio fast path (anyio's only other backend): trio's socket primitives.
+                from .trio_pipeline import TrioPipeline
+
+                reader_pipeline = TrioPipeline(connection, sock, self._pipeline_closed)
+            else:
+                reader_pipeline = StreamPipeline(connection, self._pipeline_closed)
+            self._pipeline = reader_pipeline
             self._task_group.start_soon(
-                anyio_pipeline.read_loop, name=f"redis reader {self.config}"
+                reader_pipeline.read_loop, name=f"redis reader {self.config}"
             )
-            return anyio_pipeline
+            return reader_pipeline
 
     def _pipeline_closed(self, pipeline: SharedPipeline) -> None:
         self._forget(pipeline.connection)
@@ -366,7 +381,8 @@ class ConnectionPool:
             if not connection.broken:
                 return connection
             await self._discard(connection)
-        return await self._connect()
+        # Under asyncio a dedicated connection reads through a stream that keeps reading on.
+        return await self._connect(open_protocol_stream if running_on_asyncio() else None)
 
     async def _checkin(self, connection: Connection) -> None:
         if connection.broken or self._closed or connection.generation != self._generation:

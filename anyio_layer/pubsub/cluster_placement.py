@@ -23,13 +23,13 @@ from typing import Final
 import anyio
 import anyio.abc
 
+from ..common.backoff import MAX_DELAY, Backoff
 from ..exceptions import ConfigurationError, RedisError, ResponseError
 from ..redis.cluster import ClusterClient, key_slot
 from ..redis.hosts import TCPAddress
-from ..redis.pool import MAX_BACKOFF
 from ..redis.protocol import ErrorReply
 from .placement import SubscriptionEvents, Subscriptions
-from .subscriber import MIN_RETRY_DELAY, NodeSubscriber, Subscriber
+from .subscriber import NodeSubscriber, Subscriber
 
 __all__ = ["ClusterSubscriptions"]
 
@@ -38,7 +38,7 @@ logger = logging.getLogger("anyio_layer")
 #: Replies to SSUBSCRIBE that mean "not here, or not now": find the slot's owner and retry.
 _REROUTE_CODES: Final = frozenset({"MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "LOADING"})
 #: After this long without a resubscription round, the next one starts without back-off.
-_QUIET_PERIOD: Final = 2 * MAX_BACKOFF
+_QUIET_PERIOD: Final = 2 * MAX_DELAY
 
 
 class ClusterSubscriptions(Subscriptions):
@@ -158,7 +158,7 @@ class ClusterSubscriptions(Subscriptions):
 
     async def _place(self) -> None:
         """Hand unplaced names to the subscriber of their slot's owner, with back-off."""
-        delay = 0.0
+        backoff = Backoff()
         last_round = -math.inf
         while True:
             while not self._unplaced:
@@ -166,11 +166,11 @@ class ClusterSubscriptions(Subscriptions):
                 await self._placer_wakeup.wait()
             self._placer_wakeup = None
             if anyio.current_time() - last_round > _QUIET_PERIOD:
-                delay = 0.0  # a new event, not the same one failing again
-            if delay:
-                await anyio.sleep(delay)
+                backoff.succeeded()  # a new event, not the same one failing again
+            if backoff.delay:
+                await anyio.sleep(backoff.delay)
             last_round = anyio.current_time()
-            delay = min(max(delay * 2, MIN_RETRY_DELAY), MAX_BACKOFF)
+            backoff.failed()
             try:
                 if self._stale:
                     self._stale = False

@@ -28,17 +28,17 @@ from typing import Final, Protocol
 import anyio
 import anyio.abc
 
+from ..common.backoff import Backoff
 from ..exceptions import ProtocolError, RedisConnectionError, RedisError
 from ..redis.cluster import ClusterClient, key_slot
 from ..redis.connection import Connection
 from ..redis.hosts import TCPAddress
-from ..redis.pool import MAX_BACKOFF, ConnectionPool
+from ..redis.pool import ConnectionPool
 from ..redis.protocol import ErrorReply
 from .subscriber_protocol import PLAIN, SHARDED, Dialect, SubscriberProtocol
 
 __all__ = [
     "HEALTH_CHECK_INTERVAL",
-    "MIN_RETRY_DELAY",
     "NodeSubscriber",
     "ServerSubscriber",
     "Subscriber",
@@ -49,8 +49,6 @@ logger = logging.getLogger("anyio_layer")
 
 #: Seconds of silence on a subscriber connection before it is checked with PING.
 HEALTH_CHECK_INTERVAL: Final = 15.0
-#: The first delay before reconnecting (or re-placing), doubled up to MAX_BACKOFF.
-MIN_RETRY_DELAY: Final = 0.05
 #: A connection that lasted this long was healthy: the next attempt starts the back-off
 #: afresh. One that failed sooner (a server that answers the handshake, then garbage)
 #: counts as a failed attempt, so a broken server is not hammered.
@@ -188,7 +186,7 @@ class Subscriber:
             self._wakeup.set()
 
     async def _run(self) -> None:
-        delay = 0.0
+        backoff = Backoff()
         while True:
             while not self.protocol.wanted:  # connect only for something to subscribe
                 self._wakeup = anyio.Event()
@@ -213,10 +211,8 @@ class Subscriber:
             if self.protocol.wanted:
                 self.owner.dropped(self)
             if connected_at is not None and anyio.current_time() - connected_at >= HEALTHY_AFTER:
-                delay = MIN_RETRY_DELAY
-            else:
-                delay = min(max(delay * 2, MIN_RETRY_DELAY), MAX_BACKOFF)
-            await anyio.sleep(delay)
+                backoff.succeeded()  # a new outage, not the same attempt failing again
+            await anyio.sleep(backoff.failed())
 
     async def _serve(self, connection: Connection) -> None:
         protocol = self.protocol

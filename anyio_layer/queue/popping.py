@@ -17,6 +17,7 @@ from typing import Final
 
 import anyio
 
+from ..common.backoff import Backoff
 from ..exceptions import (
     ClusterUnavailableError,
     RedisConnectionError,
@@ -32,9 +33,6 @@ logger = logging.getLogger("anyio_layer")
 #: Server-side timeout of blocking pops; the client allows this much more before giving up.
 BLOCK_SECONDS: Final = 5
 BLOCK_GRACE: Final = 10.0
-#: Longest pause between two pops while Redis is away: short, so that readers
-#: resume within a fraction of a second of the server being back.
-_MAX_RETRY_DELAY: Final = 0.5
 #: What makes a blocked pop wait and try again instead of failing its receiver: the
 #: server is unreachable, or (on a cluster) still refusing after the client's own retries.
 REDIS_AWAY: Final = (
@@ -48,20 +46,20 @@ REDIS_AWAY: Final = (
 class RetryDelay:
     """Exponential back-off for a loop that waits for Redis to come back."""
 
-    __slots__ = ("_delay",)
+    __slots__ = ("_backoff",)
 
     def __init__(self) -> None:
-        self._delay = 0.0
+        self._backoff = Backoff()
 
     async def wait(self, waiter: str, error: Exception) -> None:
         # A warning when the outage starts; the retries (twice a second) only at debug level.
-        log = logger.debug if self._delay else logger.warning
-        self._delay = min(max(self._delay * 2, 0.05), _MAX_RETRY_DELAY)
+        log = logger.debug if self._backoff.delay else logger.warning
+        delay = self._backoff.failed()
         log("%s waiting for Redis: %s", waiter, error)
-        await anyio.sleep(self._delay)
+        await anyio.sleep(delay)
 
     def reset(self) -> None:
-        self._delay = 0.0
+        self._backoff.succeeded()
 
 
 async def put_back(

@@ -29,20 +29,16 @@ Failures: when a connection breaks, every call waiting on it fails with
 while the server stays unreachable, connection attempts back off
 exponentially (up to :data:`MAX_BACKOFF` seconds). A non-blocking command
 that finds no connection waits for one, trying again at each back-off step,
-for up to the host's ``reconnect_timeout`` (default 5 s, see
+for up to the host's ``reconnect_timeout`` (default 3 s, see
 :mod:`anyio_layer.redis.waiting`), then fails with
 :class:`~anyio_layer.exceptions.ConnectionUnavailableError` (never sent; with
 ``reconnect_timeout=0`` at once). Only such commands wait: nothing is sent
 again after it may have reached the server, with one safe exception:
 ``EVALSHA`` answered with ``NOSCRIPT`` did not run, so it is re-sent as ``EVAL``.
 
-Connection hook: :meth:`ConnectionPool.add_connection_listener` registers a
-callback run (synchronously, it must not block) when the shared connection
-is lost, each time a connection is made after the pool lost one or failed to
-connect, and on the pool's first connection. Owners that keep state in the
-server (the queue layer's group memberships) use it to restore what a
-restarted server may have lost: on a loss, to reconnect soon even if nobody
-else uses the server; on a connect, to restore.
+Connection hook: :meth:`ConnectionPool.add_connection_listener` tells owners
+that keep state in the server (the queue layer's group memberships) when a
+restarted server may have lost it.
 
 With Sentinel, the primary's address is discovered with
 ``SENTINEL get-master-addr-by-name`` (:mod:`anyio_layer.redis.sentinel`),
@@ -60,36 +56,32 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import anyio
 import anyio.abc
 
+from ..common.backoff import MAX_DELAY, Backoff
 from ..common.tasks import open_service_task_group
 from ..exceptions import LayerClosedError, RedisConnectionError
-from .asyncio_pipeline import open_asyncio_pipeline, running_on_asyncio
+from .asyncio_pipeline import running_on_asyncio
 from .asyncio_stream import open_protocol_stream
+from .blocking import run_blocking
 from .config import HostConfig, SentinelConfig, ServerConfig
 from .connection import Connection, OpenStream, connect, raise_for_reply
 from .hosts import DEFAULT_HOST, parse_host
-from .pipeline import SharedPipeline, StreamPipeline
+from .pipeline import SharedPipeline
 from .protocol import Arg, ErrorReply, encode_command, encode_commands
 from .scripts import Script
 from .sentinel import discover_primary
-from .unblock import recover_blocked
+from .shared import open_shared_pipeline
 from .waiting import wait_for_connection
-
-if TYPE_CHECKING:
-    from .trio_pipeline import TrioPipeline
 
 __all__ = ["MAX_BACKOFF", "ConnectionPool", "PoolStatistics", "open_pool"]
 
 #: Longest pause between two connection attempts to an unreachable server (short,
 #: so that callers waiting for a connection get one soon after the server is back).
-MAX_BACKOFF: Final = 0.5
-_MIN_BACKOFF: Final = 0.05
-#: How long cancellation cleanup of a blocking command may take.
-_UNBLOCK_TIMEOUT: Final = 2.0
+MAX_BACKOFF: Final = MAX_DELAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +139,7 @@ class ConnectionPool:
         self._closed = False
         # Back-off state for unreachable servers.
         self._retry_at = 0.0
-        self._backoff = 0.0
+        self._backoff = Backoff()
         self._last_error: RedisConnectionError | None = None
         self._failed_since_success = False
         # Counters for statistics().
@@ -208,7 +200,7 @@ class ConnectionPool:
 
         If the call is cancelled while the command is blocked, and
         ``on_cancelled_reply`` is given, the server is told to unblock the
-        connection (``CLIENT UNBLOCK``, see :mod:`anyio_layer.redis.unblock`)
+        connection (``CLIENT UNBLOCK``, see :mod:`anyio_layer.redis.blocking`)
         and the reply is read anyway, so an element that was popped at the
         last moment is not lost: it is passed to (and awaited in)
         ``on_cancelled_reply`` (a nil reply is not), still inside the shielded
@@ -217,25 +209,7 @@ class ConnectionPool:
         couple of seconds, the connection is closed, which also frees the
         server-side blocked client.
         """
-        async with self.connection() as connection:
-            await connection.send(encode_commands([*prelude, args]))
-            connection.broken = True  # until every reply is read
-            unread = len(prelude) + 1
-            try:
-                prelude_replies = []
-                while unread > 1:
-                    prelude_replies.append(await connection.read_reply())
-                    unread -= 1
-                reply = await connection.read_reply()
-            except anyio.get_cancelled_exc_class():
-                if on_cancelled_reply is not None:
-                    with anyio.move_on_after(_UNBLOCK_TIMEOUT, shield=True):
-                        await recover_blocked(connection, unread, on_cancelled_reply, self.execute)
-                raise
-            connection.broken = False
-            for prelude_reply in prelude_replies:
-                raise_for_reply(prelude_reply)
-            return raise_for_reply(reply)
+        return await run_blocking(self.connection, self.execute, args, on_cancelled_reply, prelude)
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -329,6 +303,7 @@ class ConnectionPool:
             self._connect_pipeline,
             patience=self.reconnect_timeout,
             next_attempt=lambda: self._retry_at,
+            server=self._resolved or self.config,
             on_wait=waited,
         )
 
@@ -338,26 +313,11 @@ class ConnectionPool:
             pipeline = self._pipeline
             if pipeline is not None and not pipeline.closed:
                 return pipeline
-            if running_on_asyncio():
-                # The asyncio fast path: an asyncio.Protocol, no reader task.
-                pipeline = await open_asyncio_pipeline(self._connect, self._pipeline_closed)
-                self._pipeline = pipeline
-                return pipeline
-            connection = await self._connect()
-            sock = connection.raw_socket()
-            reader_pipeline: StreamPipeline | TrioPipeline
-            if sock is not None:
-                # The trio fast path (anyio's only other backend): trio's socket primitives.
-                from .trio_pipeline import TrioPipeline
-
-                reader_pipeline = TrioPipeline(connection, sock, self._pipeline_closed)
-            else:
-                reader_pipeline = StreamPipeline(connection, self._pipeline_closed)
-            self._pipeline = reader_pipeline
-            self._task_group.start_soon(
-                reader_pipeline.read_loop, name=f"redis reader {self.config}"
+            pipeline = await open_shared_pipeline(
+                self._connect, self._pipeline_closed, self._task_group, str(self.config)
             )
-            return reader_pipeline
+            self._pipeline = pipeline
+            return pipeline
 
     def _pipeline_closed(self, pipeline: SharedPipeline) -> None:
         self._forget(pipeline.connection)
@@ -422,8 +382,7 @@ class ConnectionPool:
         except RedisConnectionError as exc:
             self._connect_failures += 1
             self._resolved = None if isinstance(self.config, SentinelConfig) else self._resolved
-            self._backoff = min(max(self._backoff * 2, _MIN_BACKOFF), MAX_BACKOFF)
-            self._retry_at = anyio.current_time() + self._backoff
+            self._retry_at = anyio.current_time() + self._backoff.failed()
             self._last_error = exc
             self._failed_since_success = True
             raise
@@ -431,7 +390,7 @@ class ConnectionPool:
         if self._failed_since_success:
             self._reconnects += 1
         self._failed_since_success = False
-        self._backoff = 0.0
+        self._backoff.succeeded()
         self._last_error = None
         self._retry_at = 0.0
         connection.generation = self._generation

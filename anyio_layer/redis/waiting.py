@@ -37,11 +37,13 @@ async def wait_for_connection(
     patience: float,
     next_attempt: Callable[[], float],
     on_wait: Callable[[], None],
+    server: object,
 ) -> T:
     """``await connect()``, again after each connection error, for up to ``patience`` seconds.
 
     ``next_attempt()`` is when (``anyio.current_time()``) the back-off allows the
-    next attempt; ``on_wait()`` is called once if the caller has to wait at all.
+    next attempt; ``on_wait()`` is called once if the caller has to wait at all;
+    ``server`` names what is being connected to, in the error.
     Raises ``ConnectionUnavailableError`` (chained to the last error) when the
     time is up; with ``patience=0``, after the first failure. If cancelled,
     nothing was sent.
@@ -71,7 +73,7 @@ async def wait_for_connection(
                     if isinstance(cause, (RedisTimeoutError, TimeoutError))
                     else ConnectionUnavailableError
                 )
-                reason = str(cause) or "the connection attempt did not finish"
+                reason = str(cause) or f"connecting to Redis at {server} did not finish"
                 after = f" after {patience:g} s" if patience else ""
                 raise unavailable(f"{reason}; gave up waiting for a connection{after}") from cause
             await anyio.sleep(min(max(next_attempt() - now, 0.01), deadline - now))

@@ -102,7 +102,9 @@ async def check_redis(url: str, *, source: str = "") -> None:
     """
     try:
         with anyio.fail_after(CHECK_TIMEOUT):
-            async with open_redis_layer(hosts=[url]) as layer:
+            # reconnect_timeout=0: report the first failed attempt instead of
+            # waiting out what could be a short outage (the server's layer waits).
+            async with open_redis_layer(hosts=[{"address": url, "reconnect_timeout": 0}]) as layer:
                 # One harmless round trip: a connection is made, authenticated and
                 # used (leaving a group nobody is in changes nothing).
                 await layer.group_discard("chat.startup-check", "specific.check!startup")

@@ -37,7 +37,7 @@ async def until_disconnected(pool: ConnectionPool) -> None:
 
 
 def test_reconnect_timeout_option() -> None:
-    assert parse_host("redis://localhost").options.reconnect_timeout == 5.0
+    assert parse_host("redis://localhost").options.reconnect_timeout == 3.0
     assert parse_host("redis://localhost?reconnect_timeout=0.5").options.reconnect_timeout == 0.5
     config = parse_host({"address": "redis://localhost", "reconnect_timeout": 0})
     assert config.options.reconnect_timeout == 0

@@ -40,8 +40,10 @@ CLUSTER_SUFFIX = "+cluster"
 DEFAULT_SOCKET_TIMEOUT = 10.0
 #: Default ``reconnect_timeout``: how long a command waits for a connection. A
 #: restarting server or a Sentinel failover is usually back within a few seconds,
-#: so short outages delay callers instead of failing them.
-DEFAULT_RECONNECT_TIMEOUT = 5.0
+#: so short outages delay callers instead of failing them. It stays under daphne's
+#: ``websocket_connect_timeout`` (5 s), so a consumer that joins its groups before
+#: ``accept()`` (the Channels tutorial's pattern) still answers its handshake.
+DEFAULT_RECONNECT_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from ..common.options import require_prefix
-from ..exceptions import ResponseError
-from ..queue.keyspace import check_cluster_prefix, scan_pattern
+from ..queue.keyspace import check_cluster_prefix, scan_keys, scan_pattern
 from ..redis.cluster import ClusterClient, open_cluster
 from ..redis.hosts import ClusterConfig, Hosts, parse_hosts
 from ..redis.pool import ConnectionPool, open_pool
@@ -319,7 +318,7 @@ async def _read_server(
     name, execute, pipeline = server
     seen: set[bytes] = set()  # SCAN may return a key twice (during a rehash)
     try:
-        async for keys in _scan(execute, pattern, scan_count):
+        async for keys in scan_keys(execute, pattern, scan_count):
             fresh = [key for key in keys if key not in seen]
             seen.update(fresh)
             if fresh:
@@ -327,19 +326,6 @@ async def _read_server(
     except Exception as exc:
         failures.append(exc)
         scope.cancel()
-
-
-async def _scan(execute: _Execute, pattern: bytes, count: int) -> AsyncIterator[list[bytes]]:
-    cursor: object = b"0"
-    while True:
-        reply = await execute("SCAN", cursor, "MATCH", pattern, "COUNT", count)
-        if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], bytes)):
-            raise ResponseError(f"unexpected SCAN reply {reply!r:.100}")
-        cursor, keys = reply
-        if isinstance(keys, list) and keys:
-            yield [key for key in keys if isinstance(key, bytes)]
-        if cursor == b"0":
-            return
 
 
 def _text(value: object) -> str:

@@ -49,7 +49,7 @@ from typing import Protocol
 import anyio
 
 from ..common.sharding import consistent_hash
-from ..exceptions import ConfigurationError, LayerClosedError, RedisError, ResponseError
+from ..exceptions import ConfigurationError, LayerClosedError, ProtocolError, RedisError
 from ..messages import non_local_name
 from ..redis.cluster import ClusterClient, key_slot
 from ..redis.pool import ConnectionPool
@@ -62,6 +62,7 @@ __all__ = [
     "KeySpace",
     "ShardedKeySpace",
     "check_cluster_prefix",
+    "scan_keys",
     "scan_pattern",
 ]
 
@@ -262,7 +263,7 @@ class ShardedKeySpace:
     async def delete_matching(self) -> None:
         pattern = scan_pattern(self.prefix)
         for pool in self.pools:
-            async for keys in _scan(pool.execute, pattern):
+            async for keys in scan_keys(pool.execute, pattern):
                 await pool.execute("UNLINK", *keys)
 
     def add_connection_listener(self, callback: Callable[[], None]) -> None:
@@ -366,7 +367,7 @@ class ClusterKeySpace:
         pattern = scan_pattern(self.prefix)
         for node in await self._client.primaries():
             execute = functools.partial(self._client.execute_on, node)
-            async for keys in _scan(execute, pattern):
+            async for keys in scan_keys(execute, pattern):
                 # UNLINK of several keys needs them in one slot: one UNLINK per key,
                 # each node's share in one pipeline.
                 await self._client.pipeline_by_key(
@@ -401,15 +402,15 @@ def scan_pattern(prefix: str) -> bytes:
     return (escaped + "*").encode()
 
 
-async def _scan(
-    execute: Callable[..., Awaitable[object]], pattern: bytes
+async def scan_keys(
+    execute: Callable[..., Awaitable[object]], pattern: bytes, count: int = _SCAN_COUNT
 ) -> AsyncIterator[list[bytes]]:
-    """The keys of one server that match ``pattern``, a ``SCAN`` batch at a time."""
+    """The keys of one server that match ``pattern``, a ``SCAN ... COUNT count`` batch at a time."""
     cursor: object = b"0"
     while True:
-        reply = await execute("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
+        reply = await execute("SCAN", cursor, "MATCH", pattern, "COUNT", count)
         if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], bytes)):
-            raise ResponseError(f"unexpected SCAN reply {reply!r:.100}")
+            raise ProtocolError(f"unexpected SCAN reply {reply!r:.100}")
         cursor, keys = reply
         if isinstance(keys, list) and keys:
             yield [key for key in keys if isinstance(key, bytes)]

@@ -5,7 +5,7 @@ Redis server (emptied between runs), each in a fresh event loop with fresh
 layers (ours in two variants, see below):
 
     channels_redis/asyncio   channels_redis.core.RedisChannelLayer (redis-py + hiredis)
-    ours/asyncio             anyio_layer.queue.layer.open_redis_layer under asyncio
+    ours/asyncio             anyio_layer.open_redis_layer under asyncio
     ours/trio                the same under trio
 
 Both layers get the same options: msgpack, capacity 100, expiry 60 s, the

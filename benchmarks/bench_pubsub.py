@@ -6,7 +6,7 @@ other, against the same Redis server, each in a fresh event loop with a fresh
 layer:
 
     channels_redis/asyncio   channels_redis.pubsub.RedisPubSubChannelLayer (redis-py + hiredis)
-    ours/asyncio             anyio_layer.pubsub.layer.open_pubsub_layer under asyncio
+    ours/asyncio             anyio_layer.open_pubsub_layer under asyncio
     ours/trio                the same under trio
 
 Both layers get msgpack and the same prefix; ours a local buffer capacity of
@@ -610,7 +610,7 @@ def run_all(
 
 NOTES: Final = f"""\
 channels_redis/asyncio is channels_redis.pubsub.RedisPubSubChannelLayer; ours is
-anyio_layer.pubsub.layer.open_pubsub_layer (capacity {CAPACITY}). Every message goes through Redis:
+anyio_layer.open_pubsub_layer (capacity {CAPACITY}). Every message goes through Redis:
 one PUBLISH per send()/group_send() (checked against INFO commandstats), delivered over the
 layer's subscriber connection. 1 process: one layer sends and receives; 2 processes: the receiver
 is another process running the same contender.

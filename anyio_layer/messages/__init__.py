@@ -34,6 +34,7 @@ from .serializers import (
     MessageSerializer,
     MissingSerializer,
     MsgPackSerializer,
+    serialize_within,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "non_local_name",
     "random_client_prefix",
     "registry",
+    "serialize_within",
     "validate_channel_name",
     "validate_channel_names",
     "validate_group_name",

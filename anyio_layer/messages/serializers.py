@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
-from ..exceptions import ConfigurationError, InvalidMessage, MessageDecodeError
+from ..exceptions import ConfigurationError, InvalidMessage, MessageDecodeError, MessageTooLarge
 from .diagnostics import (
     JSON_RULES,
     MSGPACK_RULES,
@@ -81,6 +81,7 @@ __all__ = [
     "MessageSerializer",
     "MissingSerializer",
     "MsgPackSerializer",
+    "serialize_within",
 ]
 
 #: How many seconds channels_redis adds to ``expiry`` to get the decryption TTL.
@@ -96,6 +97,20 @@ class MessageSerializer(Protocol):
 
     def deserialize(self, message: bytes) -> Any:
         """Decode bytes read from Redis back into a message."""
+
+
+def serialize_within(serializer: MessageSerializer, message: Any, limit: int) -> bytes:
+    """``serializer.serialize(message)``, refused with ``MessageTooLarge`` over ``limit`` bytes.
+
+    The one size check both layers make before anything is sent.
+    """
+    payload = serializer.serialize(message)
+    if len(payload) > limit:
+        raise MessageTooLarge(
+            f"message is {len(payload)} bytes once serialized; the limit is "
+            f"{limit} bytes (max_message_size)"
+        )
+    return payload
 
 
 class BaseMessageSerializer(abc.ABC):

@@ -102,10 +102,14 @@ from ..exceptions import (
     InvalidChannelName,
     InvalidMessage,
     LayerClosedError,
-    MessageTooLarge,
     ResponseError,
 )
-from ..messages import MessageSerializer, validate_channel_name, validate_group_name
+from ..messages import (
+    MessageSerializer,
+    serialize_within,
+    validate_channel_name,
+    validate_group_name,
+)
 from ..redis.cluster import ClusterClient
 from ..redis.pool import ConnectionPool
 from .cluster_placement import ClusterSubscriptions
@@ -395,10 +399,4 @@ class PubSubLayer(ScopedChannels):
     def _encode(self, message: object) -> bytes:
         if not isinstance(message, dict) and self.dict_messages_only:
             raise InvalidMessage(f"message must be a dict, not {type(message).__name__}")
-        payload = self.serializer.serialize(message)
-        if len(payload) > self.max_message_size:
-            raise MessageTooLarge(
-                f"message is {len(payload)} bytes once serialized; the limit is "
-                f"{self.max_message_size} bytes (max_message_size)"
-            )
-        return payload
+        return serialize_within(self.serializer, message, self.max_message_size)

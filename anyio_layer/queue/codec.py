@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ..exceptions import InvalidMessage, MessageDecodeError, MessageTooLarge
-from ..messages import MessageSerializer
+from ..exceptions import InvalidMessage, MessageDecodeError
+from ..messages import MessageSerializer, serialize_within
 from .statistics import Counters
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "RESERVED_KEY", "MessageCodec", "check_message"]
@@ -46,13 +46,7 @@ class MessageCodec:
         self._counters = counters
 
     def encode(self, message: dict[str, Any]) -> bytes:
-        payload = self.serializer.serialize(message)
-        if len(payload) > self.max_message_size:
-            raise MessageTooLarge(
-                f"message is {len(payload)} bytes once serialized; the limit is "
-                f"{self.max_message_size} bytes (max_message_size)"
-            )
-        return payload
+        return serialize_within(self.serializer, message, self.max_message_size)
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..messages.names import non_local_name
+from ..messages import non_local_name
 from .scan import ChannelInfo, Snapshot
 
 __all__ = [

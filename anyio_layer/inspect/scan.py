@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from ..common.options import require_prefix
-from ..queue.keyspace import check_cluster_prefix, scan_keys, scan_pattern
+from ..queue import check_cluster_prefix, scan_keys, scan_pattern
 from ..redis.cluster import ClusterClient, open_cluster
 from ..redis.hosts import ClusterConfig, Hosts, parse_hosts
 from ..redis.pool import ConnectionPool, open_pool

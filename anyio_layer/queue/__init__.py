@@ -23,6 +23,7 @@ from __future__ import annotations
 from ..common.channels import LayerChannel
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
 from .factory import open_queue_layer, open_redis_layer
+from .keyspace import check_cluster_prefix, scan_keys, scan_pattern
 from .layer import QueueLayer
 from .options import QueueOptions
 from .readers import DRAIN_BATCH
@@ -35,6 +36,9 @@ __all__ = [
     "LayerStatistics",
     "QueueLayer",
     "QueueOptions",
+    "check_cluster_prefix",
     "open_queue_layer",
     "open_redis_layer",
+    "scan_keys",
+    "scan_pattern",
 ]

@@ -11,9 +11,10 @@ the ``_Layer`` / ``_ScopedLayer`` protocols below. Covered by
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 import anyio
@@ -36,36 +37,48 @@ class LocalBuffer:
     Receivers wait for the buffer to be non-empty and then take a message
     without any further checkpoint, so a cancelled receiver never holds a
     message: it stays here for the next one.
+
+    An entry is ``(timestamp, message)`` and may sit in the buffers of several
+    channels at once (a group message decoded once for all its local
+    members): :meth:`take` hands each receiver its own shallow copy, so no
+    copy is made, nor kept alive, for a member before it receives.
     """
 
     __slots__ = ("_waiters", "capacity", "closed", "messages", "receivers")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        #: Entries, oldest first; shared with other buffers: never mutate a message here.
         self.messages: deque[tuple[float, dict[str, Any]]] = deque()
         self.receivers = 0
         self.closed = False
         self._waiters = Waiters()
 
-    def put(self, timestamp: float, message: dict[str, Any]) -> bool:
-        """Buffer a message; False if the oldest one had to be dropped to make room."""
-        dropped = len(self.messages) >= self.capacity
+    def put(self, entry: tuple[float, dict[str, Any]]) -> bool:
+        """Buffer a ``(timestamp, message)`` entry; False if the oldest one was dropped for it."""
+        messages = self.messages
+        dropped = len(messages) >= self.capacity
         if dropped:
-            self.messages.popleft()
-        self.messages.append((timestamp, message))
+            messages.popleft()
+        messages.append(entry)
         self._waiters.wake_all()
         return not dropped
 
-    async def wait(self) -> None:
-        """Wait until a message is buffered (does not take it).
+    def take(self) -> dict[str, Any]:
+        """Remove the oldest message and return a copy of it for the receiver (no checkpoint)."""
+        _, message = self.messages.popleft()
+        return dict(message) if type(message) is dict else copy.copy(message)
 
+    def changed(self) -> Awaitable[None]:
+        """An awaitable that returns once a message is put (or the channel closed).
+
+        Receivers loop ``while not buffer.messages: await buffer.changed()``.
         Raises :class:`~anyio_layer.exceptions.ChannelClosedError` once the
         channel is closed.
         """
-        while not self.messages:
-            if self.closed:
-                raise ChannelClosedError("the channel was closed while receiving from it")
-            await self._waiters.wait()
+        if self.closed:
+            raise ChannelClosedError("the channel was closed while receiving from it")
+        return self._waiters.wait()
 
     def close(self) -> None:
         """Drop buffered messages and wake receivers, who get ChannelClosedError."""

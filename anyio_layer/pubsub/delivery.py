@@ -13,7 +13,6 @@ Covered by ``tests/test_pubsub_layer.py`` and
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Iterable
@@ -64,17 +63,17 @@ class LocalDelivery:
             self._counters.decode_errors += 1
             logger.error("dropping a message published to %r: %s", name, exc)
             return
-        now = time.monotonic()
-        copy_of = dict if isinstance(message, dict) else copy.copy
-        for index, channel in enumerate(targets):
-            self.put(channel, now, message if index == 0 else copy_of(message))
+        # One entry for every target: each receive() takes its own copy.
+        entry = (time.monotonic(), message)
+        for channel in targets:
+            self.put(channel, entry)
 
-    def put(self, channel: str, now: float, message: dict[str, Any]) -> None:
-        """Buffer ``message`` for the local ``channel`` (dropping its oldest if full)."""
+    def put(self, channel: str, entry: tuple[float, dict[str, Any]]) -> None:
+        """Buffer a ``(timestamp, message)`` entry for ``channel`` (its oldest dropped if full)."""
         buffer = self.channels.get(channel)
         if buffer is None:
             self._counters.unroutable += 1
-        elif not buffer.put(now, message):
+        elif not buffer.put(entry):
             self._counters.overflows += 1
             logger.warning(
                 "local buffer of %r is full (%d messages): dropped its oldest message",

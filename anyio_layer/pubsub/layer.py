@@ -234,9 +234,10 @@ class PubSubLayer(ScopedChannels):
         buffer.receivers += 1
         self._idle_since.pop(channel, None)
         try:
-            await buffer.wait()
+            while not buffer.messages:
+                await buffer.changed()
             # No checkpoint from here on: the message is taken and returned atomically.
-            _, message = buffer.messages.popleft()
+            message = buffer.take()
         except BaseException:
             # A receive that ends without a message is how a consumer that
             # exits looks; one busy handling a message just has not called

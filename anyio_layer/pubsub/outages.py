@@ -81,7 +81,7 @@ class Outages:
         if self.on_disconnect:
             now = time.monotonic()
             for channel in listeners:
-                self._delivery.put(channel, now, {"type": self.on_disconnect})
+                self._delivery.put(channel, (now, {"type": self.on_disconnect}))
 
     def names_restored(self, names: Iterable[str]) -> None:
         """``names`` are subscribed again (or no longer wanted); end the outages they complete."""
@@ -112,4 +112,4 @@ class Outages:
                 now = time.monotonic()
                 for channel in outage.listeners:
                     if channel in self._delivery.channels:
-                        self._delivery.put(channel, now, {"type": self.on_reconnect})
+                        self._delivery.put(channel, (now, {"type": self.on_reconnect}))

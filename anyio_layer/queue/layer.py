@@ -294,11 +294,12 @@ class QueueLayer(ScopedChannels):
         self._leases.touch(channel)
         try:
             while True:
-                await buffer.wait()
+                while not buffer.messages:
+                    await buffer.changed()
                 # No checkpoint from here on: the message is taken and returned atomically.
                 expired = buffer.drop_expired(time.time() - self.expiry)
                 if not expired:
-                    _, message = buffer.messages.popleft()
+                    message = buffer.take()
                     break
                 self._counters.expired += expired
                 demand.update(buffer)

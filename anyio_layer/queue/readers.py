@@ -152,7 +152,7 @@ class LocalReaders:
             buffer = self.buffers[channel] = LocalBuffer(self._capacities.for_channel(channel))
         if len(buffer.messages) >= buffer.capacity:
             return False
-        buffer.put(now, self._decode(payload))
+        buffer.put((now, self._decode(payload)))
         demand = self.demands.get(non_local_name(channel))
         if demand is not None:
             demand.update(buffer)
@@ -278,12 +278,12 @@ class LocalReaders:
                 self._counters.decode_errors += 1
                 logger.error("dropping a message in %r that names no local channel", local_key)
                 continue
+            entry = (score, message)  # one for all its channels: each receive() copies it
             for name in names:
                 buffer = self.buffers.get(name)
                 if buffer is None:
                     buffer = self.buffers[name] = LocalBuffer(self._capacities.for_channel(name))
-                copy = message if len(names) == 1 else dict(message)
-                fits = buffer.put(score, copy)
+                fits = buffer.put(entry)
                 demand.update(buffer)
                 if not fits:
                     self._counters.overflows += 1

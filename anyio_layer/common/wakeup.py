@@ -50,7 +50,7 @@ class Waiters:
     __slots__ = ("_abort", "_asyncio", "_prune_at", "_waiting")
 
     def __init__(self) -> None:
-        #: asyncio futures, or trio tasks.
+        #: asyncio futures, or trio tasks (always this list: abort callbacks hold it).
         self._waiting: list[Any] = []
         #: The backend, learned at the first wait (None: not known yet).
         self._asyncio: bool | None = None
@@ -98,22 +98,24 @@ class Waiters:
         waiting = self._waiting
         if not waiting:
             return
-        self._waiting = []
+        woken = waiting.copy()
+        waiting.clear()
         if self._asyncio:
-            for future in waiting:
+            for future in woken:
                 if not future.done():  # done: its waiter was cancelled
                     future.set_result(None)
         else:
             reschedule = _trio().reschedule
-            for task in waiting:
+            for task in woken:
                 reschedule(task)
 
     def _abort_for(self, task: Any) -> Any:
         trio = _trio()
+        waiting = self._waiting  # not self: no reference cycle through the cached callback
 
         def abort(_: object) -> Any:
-            # Cancelled before being woken: wake_all() has not taken the list yet.
-            self._waiting.remove(task)
+            # Cancelled before being woken: wake_all() has not taken it off the list yet.
+            waiting.remove(task)
             return trio.Abort.SUCCEEDED
 
         return abort

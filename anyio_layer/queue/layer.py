@@ -273,18 +273,18 @@ class QueueLayer(ScopedChannels):
         which only a Redis failure at that moment can prevent).
         """
         self._check_open()
-        validate_channel_name(channel)
-        if not is_process_local(channel):
-            return await self._normal.receive(channel)
         buffer = self._buffers.get(channel)
         if buffer is None:
+            validate_channel_name(channel)
+            if not is_process_local(channel):
+                return await self._normal.receive(channel)
             if not self._owns(non_local_name(channel)):
                 raise InvalidChannelName(
                     f"channel {channel!r} was not created by this layer's new_channel(): only "
                     f"the process that created a process-local channel can receive from it"
                 )
             buffer = self._buffers[channel] = LocalBuffer(self.capacities.for_channel(channel))
-        # (Buffers only exist under this layer's keys: a known channel is its own.)
+        # (A buffer only exists for a valid channel of this layer: known channels skip the checks.)
         local_key = non_local_name(channel)
         demand = self._readers.get(local_key)
         if demand is None:
@@ -307,8 +307,9 @@ class QueueLayer(ScopedChannels):
             buffer.receivers -= 1
             demand.update(buffer)
             self._leases.touch(channel)
-            if not buffer.receivers and not buffer.messages:
-                self._buffers.pop(channel, None)
+            # An idle buffer stays for the channel's next receive() (consumers call
+            # again at once); the sweep forgets those left idle.
+            self._local.sweep_soon()
         self._counters.received += 1
         return message
 
@@ -350,7 +351,7 @@ class QueueLayer(ScopedChannels):
     def statistics(self) -> LayerStatistics:
         return self._counters.snapshot(
             reconnects=self._keys.reconnects(),
-            local_channels=len(self._buffers),
+            local_channels=sum(1 for b in self._buffers.values() if b.receivers or b.messages),
             leased_memberships=len(self._leases),
             connection_waits=self._keys.connection_waits(),
         )

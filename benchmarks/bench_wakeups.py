@@ -35,8 +35,9 @@ import asyncio
 import gc
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio
 import msgpack
@@ -47,7 +48,8 @@ from anyio_layer import open_pubsub_layer
 from anyio_layer.common.wakeup import Waiters
 from anyio_layer.testing import RedisServer
 
-Round = Callable[[int, int], Awaitable[float]]
+T = TypeVar("T")
+Round = Callable[[int, int], Awaitable[tuple[float, int]]]
 
 
 class Collections:
@@ -74,68 +76,77 @@ async def timed(run: Callable[[], Awaitable[None]]) -> tuple[float, int]:
     return cpu, collections.count
 
 
-def checker(messages: int) -> Callable[[int, int], None]:
-    def check(expected: int, seq: int) -> None:
-        if seq != expected:
-            raise RuntimeError(f"expected message #{expected}, got #{seq}")
+def check(expected: int, seq: int) -> None:
+    if seq != expected:
+        raise RuntimeError(f"expected message #{expected}, got #{seq}")
 
-    return check
+
+class Rounds:
+    """The driver's side of a round: it waits until every member has had the message."""
+
+    def __init__(self, members: int) -> None:
+        self.members = members
+        self.remaining = members
+        self._done = Waiters()
+
+    def member_done(self) -> None:
+        self.remaining -= 1
+        if not self.remaining:
+            self.remaining = self.members
+            self._done.wake_all()
+
+    def all_done(self) -> Awaitable[None]:
+        return self._done.wait()
+
+
+async def time_members(
+    member: Callable[[T], Coroutine[Any, Any, None]],
+    items: Sequence[T],
+    run: Callable[[], Awaitable[None]],
+) -> tuple[float, int]:
+    """Start one ``member`` task per item, let them all wait, then time ``run``."""
+    async with anyio.create_task_group() as task_group:
+        for item in items:
+            task_group.start_soon(member, item)
+        await anyio.wait_all_tasks_blocked()
+        return await timed(run)
 
 
 async def wake_ups(members: int, messages: int) -> tuple[float, int]:
     waiters = [Waiters() for _ in range(members)]
-    done = Waiters()
-    remaining = [members]
+    rounds = Rounds(members)
 
     async def member(waiter: Waiters) -> None:
         for _ in range(messages):
             await waiter.wait()
-            remaining[0] -= 1
-            if not remaining[0]:
-                remaining[0] = members
-                done.wake_all()
+            rounds.member_done()
 
     async def run() -> None:
         for _ in range(messages):
             for waiter in waiters:
                 waiter.wake_all()
-            await done.wait()
+            await rounds.all_done()
 
-    async with anyio.create_task_group() as task_group:
-        for waiter in waiters:
-            task_group.start_soon(member, waiter)
-        await anyio.wait_all_tasks_blocked()
-        return await timed(run)
+    return await time_members(member, waiters, run)
 
 
 async def asyncio_queues(members: int, messages: int) -> tuple[float, int]:
     queues: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in range(members)]
-    done = asyncio.Event()
-    remaining = [members]
+    rounds = Rounds(members)
     payloads = [msgpack.packb({"type": "bench.message", "seq": seq}) for seq in range(messages)]
-    check = checker(messages)
 
     async def member(queue: asyncio.Queue[bytes]) -> None:
         for expected in range(messages):
-            message = msgpack.unpackb(await queue.get())
-            check(expected, message["seq"])
-            remaining[0] -= 1
-            if not remaining[0]:
-                remaining[0] = members
-                done.set()
+            check(expected, msgpack.unpackb(await queue.get())["seq"])
+            rounds.member_done()
 
     async def run() -> None:
         for payload in payloads:
-            done.clear()
             for queue in queues:
                 queue.put_nowait(payload)
-            await done.wait()
+            await rounds.all_done()
 
-    async with anyio.create_task_group() as task_group:
-        for queue in queues:
-            task_group.start_soon(member, queue)
-        await anyio.wait_all_tasks_blocked()
-        return await timed(run)
+    return await time_members(member, queues, run)
 
 
 def pubsub_layer(url: str) -> Round:
@@ -151,28 +162,19 @@ def pubsub_layer(url: str) -> Round:
                 layer.serializer.serialize({"type": "bench.message", "seq": seq})
                 for seq in range(messages)
             ]
-            done = Waiters()
-            remaining = [members]
-            check = checker(messages)
+            rounds = Rounds(members)
 
             async def member(channel: str) -> None:
                 for expected in range(messages):
                     check(expected, (await layer.receive(channel))["seq"])
-                    remaining[0] -= 1
-                    if not remaining[0]:
-                        remaining[0] = members
-                        done.wake_all()
+                    rounds.member_done()
 
             async def run() -> None:
                 for payload in payloads:
                     deliver(group_channel, payload)
-                    await done.wait()
+                    await rounds.all_done()
 
-            async with anyio.create_task_group() as task_group:
-                for channel in channels:
-                    task_group.start_soon(member, channel)
-                await anyio.wait_all_tasks_blocked()
-                return await timed(run)
+            return await time_members(member, channels, run)
 
     return measure
 

@@ -124,6 +124,57 @@ async def test_groups(layer_hosts: list[str]) -> None:
         assert stats.group_deliveries == (2 + 1) + (1 + 1)
 
 
+async def test_group_send_follows_membership_changes(layer_hosts: list[str]) -> None:
+    # group_send reuses the routes it worked out while the group's set is
+    # unchanged: every change in between must still be seen, for members in
+    # memory (this layer's) and through Redis (another layer's) alike.
+    async with (
+        open_redis_layer(hosts=layer_hosts) as sender,
+        open_redis_layer(hosts=layer_hosts) as other,
+    ):
+        own_a, own_b = await sender.new_channel(), await sender.new_channel()
+        far_a, far_b = await other.new_channel(), await other.new_channel()
+        for channel in (own_a, far_a):
+            await sender.group_add("room", channel)
+        await sender.group_send("room", {"type": "one"})
+        await sender.group_send("room", {"type": "two"})
+        await sender.group_add("room", own_b)
+        await sender.group_add("room", far_b)
+        await sender.group_discard("room", own_a)
+        await sender.group_discard("room", far_a)
+        await sender.group_send("room", {"type": "three"})
+        got = {
+            own_a: [await sender.receive(own_a) for _ in range(2)],
+            far_a: [await other.receive(far_a) for _ in range(2)],
+            own_b: [await sender.receive(own_b)],
+            far_b: [await other.receive(far_b)],
+        }
+        assert got == {
+            own_a: [{"type": "one"}, {"type": "two"}],
+            far_a: [{"type": "one"}, {"type": "two"}],
+            own_b: [{"type": "three"}],
+            far_b: [{"type": "three"}],
+        }
+        for layer, channel in ((sender, own_a), (other, far_a)):
+            with anyio.move_on_after(0.2) as scope:
+                await layer.receive(channel)
+            assert scope.cancelled_caught
+
+
+async def test_group_members_in_memory_get_their_own_dicts(redis_url: str) -> None:
+    # One decoded message is shared by the buffers of every local member; each
+    # receive() must still hand out a dict of its own.
+    async with open_redis_layer(hosts=[redis_url]) as layer:
+        first, second = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("room", first)
+        await layer.group_add("room", second)
+        await layer.group_send("room", {"type": "m", "n": 1})
+        mine = await layer.receive(first)
+        mine["n"] = 2
+        mine["extra"] = True
+        assert await layer.receive(second) == {"type": "m", "n": 1}
+
+
 async def test_group_send_one_round_trip_per_shard(
     redis_url: str, redis_server: RedisServer
 ) -> None:

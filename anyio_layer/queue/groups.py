@@ -13,11 +13,12 @@ layer does) nor run tasks. Covered by ``tests/test_queue_layer.py`` and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from ..exceptions import InvalidChannelName
 from ..messages import is_process_local, non_local_name, validate_channel_name
@@ -33,6 +34,21 @@ from .statistics import Counters
 __all__ = ["GroupCommands"]
 
 logger = logging.getLogger("anyio_layer")
+
+#: Groups whose routes (see ``GroupCommands._routes_for``) are kept, the most recently sent to.
+ROUTE_CACHE_GROUPS: Final = 1024
+
+
+@dataclasses.dataclass(slots=True)
+class _Routes:
+    """Where a ``group_send`` goes, worked out from the names in the group's set."""
+
+    #: This layer's own channels: delivered in memory.
+    own: list[str] = dataclasses.field(default_factory=list)
+    #: One Redis key per process-local family (or normal channel): the members stored in it.
+    remote: dict[bytes, list[str]] = dataclasses.field(default_factory=dict)
+    #: Names that are not valid channel names (skipped, counted as decode errors).
+    invalid: int = 0
 
 
 class GroupCommands:
@@ -63,6 +79,8 @@ class GroupCommands:
         self._group_expiry = group_expiry
         self._is_own = is_own
         self._owns = owns
+        #: By group: the member names last read from Redis and where they go.
+        self._routes: dict[str, tuple[list[object], _Routes]] = {}
 
     async def add(self, group: str, channel: str) -> None:
         """``ZADD`` + ``EXPIRE``; a membership of the layer's own channel becomes a lease.
@@ -98,6 +116,44 @@ class GroupCommands:
             self._leases.discard_failed(group, channel)
             raise
 
+    def _routes_for(self, group: str, members: list[object]) -> _Routes:
+        """Where ``members`` (ZRANGE's reply) go, reused while the group's set is unchanged."""
+        cache = self._routes
+        cached = cache.pop(group, None)
+        unchanged = cached is not None and cached[0] == members
+        routes = cached[1] if cached is not None and unchanged else self._route(members)
+        cache[group] = (members, routes)  # most recently used last
+        if len(cache) > ROUTE_CACHE_GROUPS:
+            del cache[next(iter(cache))]
+        return routes
+
+    def _route(self, members: list[object]) -> _Routes:
+        # Members that are this layer's own channels get the message in memory;
+        # the rest get one copy per Redis key, naming every member stored in it.
+        routes = _Routes()
+        # Where a channel goes depends only on its name up to "!": work it out once
+        # per process-local key (None: this layer's own channels).
+        key_of: dict[str, bytes | None] = {}
+        for member in members:
+            try:  # a foreign writer may have put anything in the group's set
+                channel = validate_channel_name(
+                    member.decode() if isinstance(member, bytes) else member
+                )
+            except (UnicodeDecodeError, InvalidChannelName):
+                routes.invalid += 1
+                continue
+            name = non_local_name(channel)
+            if name in key_of:
+                key = key_of[name]
+            else:
+                own = is_process_local(channel) and self._is_own(channel)
+                key = key_of[name] = None if own else self._keys.channel_key(channel)
+            if key is None:
+                routes.own.append(channel)
+            else:
+                routes.remote.setdefault(key, []).append(channel)
+        return routes
+
     async def send(self, group: str, message: dict[str, Any]) -> None:
         """Read the members (pruning expired ones), then one copy per channel key.
 
@@ -116,37 +172,17 @@ class GroupCommands:
         self._counters.group_sends += 1
         if not isinstance(members, list) or not members:
             return
-        # Members that are this layer's own channels get the message in memory;
-        # the rest get one copy per Redis key, naming every member stored in it.
-        targets: dict[bytes, list[str]] = {}
-        # Where a channel goes depends only on its name up to "!": work it out once
-        # per process-local key (None: this layer's own channels).
-        key_of: dict[str, bytes | None] = {}
-        invalid = 0
-        for member in members:
-            try:  # a foreign writer may have put anything in the group's set
-                channel = validate_channel_name(
-                    member.decode() if isinstance(member, bytes) else member
-                )
-            except (UnicodeDecodeError, InvalidChannelName):
-                invalid += 1
-                continue
-            name = non_local_name(channel)
-            if name in key_of:
-                key = key_of[name]
-            else:
-                own = is_process_local(channel) and self._is_own(channel)
-                key = key_of[name] = None if own else self._keys.channel_key(channel)
-            if key is None:
-                if self._local.deliver(channel, plain, now):
-                    self._counters.group_deliveries += 1
-                else:
-                    self._counters.group_skipped += 1
-                continue
-            targets.setdefault(key, []).append(channel)
-        if invalid:
-            self._counters.decode_errors += invalid
-            logger.warning("group_send to %r skipped %d invalid member names", group, invalid)
+        routes = self._routes_for(group, members)
+        if routes.own:
+            delivered = self._local.deliver(routes.own, plain, now)
+            self._counters.group_deliveries += delivered
+            self._counters.group_skipped += len(routes.own) - delivered
+        if routes.invalid:
+            self._counters.decode_errors += routes.invalid
+            logger.warning(
+                "group_send to %r skipped %d invalid member names", group, routes.invalid
+            )
+        targets = routes.remote
         if not targets:
             return
 
@@ -156,8 +192,8 @@ class GroupCommands:
             return [*payloads, *capacities, repr(now), int(now) - int(self._expiry), self._ttl]
 
         skipped_total = 0
-        routes = {key: channels[0] for key, channels in targets.items()}
-        for reply in await self._keys.eval_batched(GROUP_SEND, routes, arguments):
+        first_members = {key: channels[0] for key, channels in targets.items()}
+        for reply in await self._keys.eval_batched(GROUP_SEND, first_members, arguments):
             added, skipped, pruned = group_send_counts(reply)
             self._counters.group_deliveries += added
             self._counters.group_skipped += skipped

@@ -185,7 +185,7 @@ class QueueLayer(ScopedChannels):
         if is_process_local(channel):
             if self._is_own(channel):
                 # Sender and receiver share this layer: no need to go through Redis.
-                if not self._local.deliver(channel, self._encode(message), time.time()):
+                if not self._local.deliver((channel,), self._encode(message), time.time()):
                     self._counters.channel_full += 1
                     raise ChannelFull(f"channel {channel!r} is at capacity")
                 self._counters.sent += 1

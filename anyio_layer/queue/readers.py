@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final
 
 import anyio
@@ -140,23 +140,28 @@ class LocalReaders:
         )
         return demand
 
-    def deliver(self, channel: str, payload: bytes, now: float) -> bool:
-        """Put a copy of a message straight into one of the layer's own buffers.
+    def deliver(self, channels: Sequence[str], payload: bytes, now: float) -> int:
+        """Put a message straight into some of the layer's own buffers; return how many took it.
 
-        False if the buffer is at the channel's capacity. The copy is decoded
-        from the serialized payload, so the receiver gets exactly what it
-        would have got through Redis, independent of the sender's dict.
+        A buffer at its channel's capacity does not. The message is decoded
+        from the serialized payload, once for all ``channels`` (each
+        ``receive()`` copies it), so receivers get exactly what they would
+        have got through Redis, independent of the sender's dict.
         """
-        buffer = self.buffers.get(channel)
-        if buffer is None:
-            buffer = self.buffers[channel] = LocalBuffer(self._capacities.for_channel(channel))
-        if len(buffer.messages) >= buffer.capacity:
-            return False
-        buffer.put((now, self._decode(payload)))
-        demand = self.demands.get(non_local_name(channel))
-        if demand is not None:
-            demand.update(buffer)
-        return True
+        entry = (now, self._decode(payload))
+        delivered = 0
+        for channel in channels:
+            buffer = self.buffers.get(channel)
+            if buffer is None:
+                buffer = self.buffers[channel] = LocalBuffer(self._capacities.for_channel(channel))
+            if len(buffer.messages) >= buffer.capacity:
+                continue
+            buffer.put(entry)
+            delivered += 1
+            demand = self.demands.get(non_local_name(channel))
+            if demand is not None:
+                demand.update(buffer)
+        return delivered
 
     def clear(self) -> None:
         """Drop every buffered message (receivers keep waiting)."""

@@ -19,6 +19,12 @@ these rows on the same machine, so they bound the ratio any layer can reach:
 * ``floor: PUBLISH + subscriber (RESP2)``: PUBLISH on one connection, read its
   reply, read the message from a second connection subscribed to the channel.
   This is what channels_redis's pub/sub layer and ours do per message.
+* ``floor: the same, asyncio Protocols`` and ``floor: the same, trio sockets``:
+  the same two connections driven by an event loop with nothing else to do
+  (under asyncio two ``asyncio.Protocol`` objects and a future per read, as our
+  asyncio fast path reads; under trio one task calling trio's socket methods).
+  No client built on that event loop can beat these rows: what lies between
+  them and the first row is the event loop's own cost per round trip.
 * ``floor: one RESP3 connection``: ``HELLO 3``, SUBSCRIBE, then PUBLISH on the
   same connection; the pushed message and the reply come back together, so
   Redis writes once and the client reads once.
@@ -40,6 +46,7 @@ the script only publishes to and subscribes to channels named ``PREFIX*``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 import socket
@@ -51,6 +58,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import msgpack
+import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -124,10 +132,18 @@ def subscribed(kind: bytes, channel: bytes) -> bytes:
     return pushed(kind, b"subscribe", channel).replace(kind + b"2", kind + b"3", 1) + b":1\r\n"
 
 
-def resp2_floor(address: tuple[str, int], channel: bytes, payload: bytes) -> Loop:
+def subscribed_pair(
+    address: tuple[str, int], channel: bytes
+) -> tuple[socket.socket, socket.socket]:
+    """A connection to publish on and one subscribed to ``channel`` (RESP2)."""
     publisher, subscriber = connect(address), connect(address)
     subscriber.sendall(command(b"SUBSCRIBE", channel))
     expect(subscriber, subscribed(b"*", channel))
+    return publisher, subscriber
+
+
+def resp2_floor(address: tuple[str, int], channel: bytes, payload: bytes) -> Loop:
+    publisher, subscriber = subscribed_pair(address, channel)
     publish = command(b"PUBLISH", channel, payload)
     message = pushed(b"*", b"message", channel, payload)
 
@@ -170,8 +186,91 @@ def ping_floor(address: tuple[str, int], channel: bytes, payload: bytes) -> Loop
     return loop
 
 
+class Expecting(asyncio.Protocol):
+    """A connection whose every read must be one known reply, awaited one at a time."""
+
+    def __init__(self, wanted: bytes) -> None:
+        self.wanted = wanted
+        self.data = b""
+        self.arrived: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        arrived = self.arrived
+        if arrived is not None and not arrived.done() and len(self.data) >= len(self.wanted):
+            arrived.set_result(None)
+
+    async def expect(self) -> None:
+        if len(self.data) < len(self.wanted):
+            self.arrived = asyncio.get_running_loop().create_future()
+            await self.arrived
+            self.arrived = None
+        data, self.data = self.data[: len(self.wanted)], self.data[len(self.wanted) :]
+        if data != self.wanted:
+            raise RuntimeError(f"unexpected reply from redis-server: {data[:100]!r}")
+
+
+def asyncio_floor(address: tuple[str, int], channel: bytes, payload: bytes) -> Loop:
+    """As ``resp2_floor``, on asyncio's fastest path: two Protocols, a future per read."""
+    publisher, subscriber = subscribed_pair(address, channel)
+    publish = command(b"PUBLISH", channel, payload)
+    message = pushed(b"*", b"message", channel, payload)
+
+    async def run(n: int) -> None:
+        running = asyncio.get_running_loop()
+        # Duplicates of the sockets, so that closing the transports keeps the connections.
+        publishing, replies = await running.create_connection(
+            lambda: Expecting(b":1\r\n"), sock=publisher.dup()
+        )
+        listening, messages = await running.create_connection(
+            lambda: Expecting(message), sock=subscriber.dup()
+        )
+        try:
+            for _ in range(n):
+                publishing.write(publish)
+                await replies.expect()
+                await messages.expect()
+        finally:
+            publishing.close()
+            listening.close()
+
+    return lambda n: asyncio.run(run(n))
+
+
+def trio_floor(address: tuple[str, int], channel: bytes, payload: bytes) -> Loop:
+    """As ``resp2_floor``, with trio's own socket calls, all in one task."""
+    publisher, subscriber = subscribed_pair(address, channel)
+    publish = command(b"PUBLISH", channel, payload)
+    message = pushed(b"*", b"message", channel, payload)
+
+    async def expect(sock: trio.socket.SocketType, wanted: bytes) -> None:
+        data = b""
+        while len(data) < len(wanted):
+            chunk = await sock.recv(len(wanted) - len(data))
+            if not chunk:
+                raise ConnectionError("redis-server closed the connection")
+            data += chunk
+        if data != wanted:
+            raise RuntimeError(f"unexpected reply from redis-server: {data[:100]!r}")
+
+    async def run(n: int) -> None:
+        with (
+            trio.socket.from_stdlib_socket(publisher.dup()) as replies,
+            trio.socket.from_stdlib_socket(subscriber.dup()) as messages,
+        ):
+            for _ in range(n):
+                if await replies.send(publish) != len(publish):
+                    raise RuntimeError("PUBLISH was not sent in one write")
+                await expect(replies, b":1\r\n")
+                await expect(messages, message)
+
+    return lambda n: trio.run(run, n)
+
+
 FLOORS = (
     ("floor: PUBLISH + subscriber (RESP2)", resp2_floor),
+    ("floor: the same, asyncio Protocols", asyncio_floor),
+    ("floor: the same, trio sockets", trio_floor),
     ("floor: one RESP3 connection", resp3_floor),
     ("floor: one command (PING)", ping_floor),
 )
@@ -266,10 +365,14 @@ def benchmark(server: bench_pubsub.PubSubServer, args: argparse.Namespace) -> in
     print()
     print(format_rows([*layers, *floors], reference))
     print()
+    ratio = {
+        make.__name__: row.rate / reference for (_, make), row in zip(FLOORS, floors, strict=True)
+    }
     print(
-        f"2x channels_redis's round trip is {2 * reference:,.0f} msg/s; with a client that costs"
-        f" nothing, two connections reach {floors[0].rate:,.0f} ({floors[0].rate / reference:.1f}x)"
-        f" and one RESP3 connection {floors[1].rate:,.0f} ({floors[1].rate / reference:.1f}x)."
+        f"2x channels_redis's round trip is {2 * reference:,.0f} msg/s. With a client that costs"
+        f" nothing, two connections reach {ratio['resp2_floor']:.1f}x and one RESP3 connection"
+        f" {ratio['resp3_floor']:.1f}x; with nothing but the event loop's own work, asyncio"
+        f" reaches {ratio['asyncio_floor']:.1f}x and trio {ratio['trio_floor']:.1f}x."
     )
     return 0
 

@@ -86,6 +86,7 @@ from bench_layer import (
     better,
     describe_environment,
     describe_error,
+    describe_load,
     environment,
 )
 from bench_pubsub import PubSubOutcome
@@ -768,13 +769,7 @@ def benchmark(topologies: Sequence[Topology], args: argparse.Namespace) -> int:
     print(describe_environment(env))
     for topology in topologies:
         print(topology.describe())
-    print(
-        "load average (1, 5, 15 min): before "
-        + ", ".join(f"{x:.2f}" for x in load_before)
-        + "; after "
-        + ", ".join(f"{x:.2f}" for x in load_after)
-        + f"; {elapsed:.0f} s"
-    )
+    print(f"{describe_load(load_before, load_after)}; {elapsed:.0f} s")
     print()
     print(format_rows(HEADER, table_rows(outcomes), 3))
     print()

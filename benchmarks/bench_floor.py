@@ -356,12 +356,7 @@ def benchmark(server: bench_pubsub.PubSubServer, args: argparse.Namespace) -> in
     load_after = os.getloadavg()
     reference = next(row.rate for row in layers if "channels_redis" in row.what)
     print(bench_layer.describe_environment(env))
-    print(
-        "load average (1, 5, 15 min): before "
-        + ", ".join(f"{x:.2f}" for x in load_before)
-        + "; after "
-        + ", ".join(f"{x:.2f}" for x in load_after)
-    )
+    print(bench_layer.describe_load(load_before, load_after))
     print()
     print(format_rows([*layers, *floors], reference))
     print()

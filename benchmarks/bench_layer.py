@@ -936,6 +936,16 @@ def environment(url: str, server: str) -> dict[str, Any]:
     }
 
 
+def describe_load(before: Sequence[float], after: Sequence[float]) -> str:
+    """The machine's load averages (``os.getloadavg()``) before and after a run, as printed."""
+    return (
+        "load average (1, 5, 15 min): before "
+        + ", ".join(f"{x:.2f}" for x in before)
+        + "; after "
+        + ", ".join(f"{x:.2f}" for x in after)
+    )
+
+
 def describe_environment(env: dict[str, Any]) -> str:
     packages = ", ".join(f"{name} {v}" for name, v in env["packages"].items())
     return (
@@ -1038,15 +1048,19 @@ def benchmark(server: BenchServer, args: argparse.Namespace) -> int:
     env = environment(server.url, server.version())
     global redis_cpu_probe
     redis_cpu_probe = server.cpu_seconds
+    load_before = os.getloadavg()
     began = time.perf_counter()
     outcomes = run_all(server, cases, args.scale, args.repeats)
     print(f"  done in {time.perf_counter() - began:.0f} s\n", file=sys.stderr)
+    load_after = os.getloadavg()
     print(describe_environment(env))
+    print(describe_load(load_before, load_after))
     print()
     print(format_table(outcomes))
     print()
     print(NOTES)
     if args.json is not None:
+        env["load_average"] = {"before": load_before, "after": load_after}
         write_json(args.json, outcomes, env, args.scale, args.repeats)
     failed = [o for o in outcomes if o.error is not None]
     for outcome in failed:

@@ -664,12 +664,7 @@ def benchmark(server: PubSubServer, args: argparse.Namespace) -> int:
     print(f"  done in {time.perf_counter() - began:.0f} s\n", file=sys.stderr)
     load_after = os.getloadavg()
     print(describe_environment(env))
-    print(
-        "load average (1, 5, 15 min): before "
-        + ", ".join(f"{x:.2f}" for x in load_before)
-        + "; after "
-        + ", ".join(f"{x:.2f}" for x in load_after)
-    )
+    print(bench_layer.describe_load(load_before, load_after))
     print()
     print(format_table(outcomes))
     print()

@@ -321,15 +321,22 @@ def layer_rows(server: bench_pubsub.PubSubServer, repeats: int, scale: float) ->
     return [median(each) for each in rounds.values()]
 
 
+def open_floor(make: Callable[[tuple[str, int], bytes, bytes], Loop], url: str) -> Loop:
+    """Connect one floor to the server at ``url``, ready to time.
+
+    It sends the message bench_pubsub's round trip sends, on a channel named
+    like a ``new_channel()``.
+    """
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+    channel = f"{bench_pubsub.PREFIX}specific.{uuid.uuid4().hex}".encode()
+    return make(address, channel, msgpack.packb(bench_layer.message(0, time.time)))
+
+
 def floor_rows(server: bench_pubsub.PubSubServer, messages: int, repeats: int) -> list[Row]:
-    host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
-    address = (host or "127.0.0.1", port or 6379)
-    # The message bench_pubsub's round trip sends, on a channel named like a new_channel().
-    payload = msgpack.packb(bench_layer.message(0, time.time))
     rows = []
     for what, make in FLOORS:
-        channel = f"{bench_pubsub.PREFIX}specific.{uuid.uuid4().hex}".encode()
-        loop = make(address, channel, payload)
+        loop = open_floor(make, server.url)
         timed = [time_floor(loop, messages, server) for _ in range(repeats)]
         rows.append(dataclasses.replace(median(timed), what=what))
     return rows

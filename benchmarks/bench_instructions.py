@@ -30,13 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
-import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -72,11 +69,8 @@ def child(row: str, url: str, n: int) -> None:
         contender = LAYERS[row]
         anyio.run(layer_round_trips, contender, url, n, backend=contender.backend)
         return
-    parts = urlsplit(url)
-    address = (parts.hostname or "127.0.0.1", parts.port or 6379)
-    channel = f"{bench_pubsub.PREFIX}specific.{uuid.uuid4().hex}".encode()
     _, make = FLOORS[row]
-    make(address, channel, msgpack.packb(bench_layer.message(0, time.time)))(n)
+    bench_floor.open_floor(make, url)(n)
 
 
 # -- the parent: run each child under callgrind, twice -----------------------------------
